@@ -1,0 +1,19 @@
+# diffmem: audit a diffusion model for memorization of its training data.
+# The stages live in rules/*.smk; each rule calls one script in workflow/scripts, which calls
+# the library in src/diffmem.
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/dpm.smk"
+include: "rules/report.smk"
+
+
+report: "workflow/report/workflow.rst"
+
+
+rule all:
+    input:
+        all_run_outputs(),
+        "results/report.md",
+    default_target: True

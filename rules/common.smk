@@ -1,0 +1,44 @@
+from pathlib import Path
+
+from snakemake.utils import min_version
+
+from diffmem.config import ConfigError, check_config, runs
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+try:
+    check_config(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
+
+RUNS = runs(config)
+RUN = "results/{dataset}/n{size}/seed{seed}"
+LOG = "logs/{dataset}/n{size}/seed{seed}"
+
+
+wildcard_constraints:
+    dataset="[a-z]+mnist",
+    size=r"\d+",
+    seed=r"\d+",
+
+
+def expand_runs(pattern):
+    """``pattern`` (with {dataset}, {size}, {seed}) for every run of the config."""
+    return [pattern.format(dataset=d, size=n, seed=s) for d, n, s in RUNS]
+
+
+def all_run_outputs():
+    return expand_runs(RUN + "/samples/samples.npz")
+
+
+def gpu_resources():
+    res = config.get("resources", {})
+    return dict(
+        gpu=1,
+        runtime=res.get("gpu_runtime_min", 120),
+        mem_mb=res.get("gpu_mem_mb", 32000),
+    )

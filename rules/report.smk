@@ -1,0 +1,19 @@
+rule report:
+    input:
+        targets=expand_runs(RUN + "/data/target.json"),
+        target_pngs=expand_runs(RUN + "/data/target.png"),
+        models=expand_runs(RUN + "/model/model_config.json"),
+        loss_pngs=expand_runs(RUN + "/model/loss.png"),
+        samples=expand_runs(RUN + "/samples/samples.json"),
+        grids=expand_runs(RUN + "/samples/grid.png"),
+    output:
+        markdown="results/report.md",
+    log:
+        "logs/report.log",
+    params:
+        runs=RUNS,
+        run_dirs=expand_runs(RUN),
+        title=config.get("report", {}).get("title", "diffmem memorization audit"),
+        settings={k: config[k] for k in ("model", "diffusion", "train", "sample", "saf")},
+    script:
+        "../workflow/scripts/report.py"

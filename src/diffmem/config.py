@@ -1,0 +1,165 @@
+"""Configuration checks that run before any job: the JSON schema, then cross-field rules.
+
+Every problem becomes one :class:`ConfigError` line that names the key, the bad value and what
+is expected.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message is one line naming the key."""
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+_SCALARS = {"boolean": (bool,), "integer": (int,), "number": (int, float)}
+
+
+def _types(schema: dict, root: dict) -> set[str]:
+    schema = _resolve(schema, root)
+    t = schema.get("type")
+    out = set(t if isinstance(t, list) else [t] if t else [])
+    for alt in schema.get("oneOf", []) + schema.get("anyOf", []):
+        out |= _types(alt, root)
+    return out
+
+
+def _resolve(schema: dict, root: dict) -> dict:
+    """Follow a local ``$ref`` ("#/definitions/x")."""
+    while "$ref" in schema:
+        node = root
+        for part in schema["$ref"].lstrip("#/").split("/"):
+            node = node[part]
+        schema = node
+    return schema
+
+
+def coerce_cli_strings(config, schema: dict, root: dict | None = None):
+    """Turn strings such as ``'false'`` or ``'30'`` into the boolean/number the schema expects.
+
+    ``snakemake --config download=false`` and ``--config sample='{num_samples: 30}'`` hand such
+    values over as strings; everything else is left for the schema to judge.
+    """
+    root = root or schema
+    schema = _resolve(schema, root)
+    if isinstance(config, (dict, list)):  # pick the oneOf/anyOf branch of the right kind
+        kind = "object" if isinstance(config, dict) else "array"
+        for alt in schema.get("oneOf", []) + schema.get("anyOf", []):
+            if _resolve(alt, root).get("type") == kind:
+                schema = _resolve(alt, root)
+                break
+    if isinstance(config, dict):
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        for k, v in config.items():
+            sub = props.get(k, extra if isinstance(extra, dict) else None)
+            if sub is not None:
+                config[k] = coerce_cli_strings(v, sub, root)
+        return config
+    if isinstance(config, list) and isinstance(schema.get("items"), dict):
+        return [coerce_cli_strings(v, schema["items"], root) for v in config]
+    types = _types(schema, root) & set(_SCALARS)
+    if isinstance(config, str) and types:
+        try:
+            value = yaml.safe_load(config)
+        except yaml.YAMLError:
+            return config
+        wanted = tuple(t for name in types for t in _SCALARS[name])
+        if isinstance(value, wanted) and (bool in wanted or not isinstance(value, bool)):
+            return value
+    return config
+
+
+def check_config(config: dict, schema_path: str | Path) -> dict:
+    """Validate ``config`` (filling schema defaults); raise one :class:`ConfigError` line."""
+    import jsonschema
+    from snakemake.utils import validate
+
+    coerce_cli_strings(config, yaml.safe_load(Path(schema_path).read_text()))
+    try:
+        validate(config, str(schema_path))
+    except Exception as err:
+        schema = yaml.safe_load(Path(schema_path).read_text())
+        best = jsonschema.exceptions.best_match(
+            jsonschema.Draft202012Validator(schema).iter_errors(config))
+        if best is None:
+            raise ConfigError(f"config error: {str(err).splitlines()[-1]}") from None
+        where = _key(best.absolute_path)
+        if best.validator == "additionalProperties":
+            allowed = sorted(best.schema.get("properties", {}))
+            raise ConfigError(f"config error at {where}: {best.message}; allowed keys: "
+                              f"{', '.join(allowed)}") from None
+        if best.validator == "required":
+            raise ConfigError(f"config error at {where}: {best.message}") from None
+        raise ConfigError(f"config error at {where}: value {best.instance!r} is invalid: "
+                          f"{best.message}") from None
+    _cross_checks(config)
+    return config
+
+
+def _cross_checks(config: dict) -> None:
+    from .data import DataError, max_train_size, medmnist_info
+
+    for flag in config["datasets"]:
+        try:
+            medmnist_info(flag)
+        except DataError as err:
+            raise ConfigError(f"config error at datasets: {err}") from None
+    sizes = config["train_sizes"]
+    if isinstance(sizes, dict):
+        extra = sorted(set(sizes) - set(config["datasets"]))
+        missing = sorted(set(config["datasets"]) - set(sizes))
+        if extra or missing:
+            raise ConfigError(f"config error at train_sizes: keys must be the datasets "
+                              f"{config['datasets']}; extra {extra}, missing {missing}")
+    for flag in config["datasets"]:
+        limit = max_train_size(flag)
+        for n in train_sizes_for(config, flag):
+            if n > limit:
+                raise ConfigError(f"config error at train_sizes: {n} for {flag} exceeds its "
+                                  f"{limit} training images; the maximum is {limit}")
+    model = config["model"]
+    levels = len(model["block_out_channels"])
+    bad = [a for a in model.get("attention_levels", []) if a >= levels]
+    if bad:
+        raise ConfigError(f"config error at model.attention_levels: {bad} out of range; the "
+                          f"model has levels 0..{levels - 1}")
+    if config["image_size"] % 2 ** (levels - 1):
+        raise ConfigError(f"config error at model.block_out_channels: {levels} levels need the "
+                          f"image size divisible by {2 ** (levels - 1)}; image_size is "
+                          f"{config['image_size']}")
+    groups = model.get("norm_num_groups", 32)
+    odd = [c for c in model["block_out_channels"] if c % groups]
+    if odd:
+        raise ConfigError(f"config error at model.norm_num_groups: {groups} does not divide "
+                          f"block_out_channels {odd}")
+    diff = config["diffusion"]
+    if diff.get("beta_start", 1e-4) >= diff.get("beta_end", 0.02):
+        raise ConfigError(f"config error at diffusion.beta_start: {diff.get('beta_start')} must "
+                          f"be below beta_end {diff.get('beta_end')}")
+    if config["sample"]["steps"] > diff["num_train_timesteps"]:
+        raise ConfigError(f"config error at sample.steps: {config['sample']['steps']} exceeds "
+                          f"diffusion.num_train_timesteps {diff['num_train_timesteps']}")
+
+
+def train_sizes_for(config: dict, flag: str) -> list[int]:
+    """The training sizes N of one dataset, with ``all`` resolved to its train split size."""
+    from .data import max_train_size
+
+    sizes = config["train_sizes"]
+    sizes = sizes[flag] if isinstance(sizes, dict) else sizes
+    out = [max_train_size(flag) if s == "all" else int(s) for s in sizes]
+    return sorted(dict.fromkeys(out))
+
+
+def runs(config: dict) -> list[tuple[str, int, int]]:
+    """Every (dataset, N, seed) the config asks for."""
+    return [(flag, n, seed) for flag in config["datasets"]
+            for n in train_sizes_for(config, flag) for seed in config["seeds"]]

@@ -1,0 +1,64 @@
+"""Shared fixtures: the real BreastMNIST file in ../shared/data and the small test config."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("DIFFMEM_TEST_DATA", ROOT.parent / "shared" / "data"))
+TEST_CONFIG = ROOT / "workflow" / "configs" / "test.yaml"
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    if not (SHARED_DATA / "breastmnist.npz").exists():
+        pytest.fail(f"test data missing: {SHARED_DATA / 'breastmnist.npz'} "
+                    f"(set DIFFMEM_TEST_DATA to the folder that holds it)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def test_config() -> dict:
+    return yaml.safe_load(TEST_CONFIG.read_text())
+
+
+@pytest.fixture
+def fake_root(tmp_path) -> Path:
+    """A data root with a tiny, well-formed fake breastmnist.npz (random pixels)."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 40), ("val", 6), ("test", 6)):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        arrays[f"{split}_labels"] = rng.integers(0, 2, (n, 1), dtype=np.uint8)
+    np.savez(tmp_path / "breastmnist.npz", **arrays)
+    return tmp_path
+
+
+def workflow_copy(tmp_path: Path) -> Path:
+    """A copy of the workflow (no results) to run Snakemake in isolation."""
+    dst = tmp_path / "wf"
+    dst.mkdir()
+    for name in ("Snakefile", "config.yaml", "rules", "workflow"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst / name)
+    return dst
+
+
+def snakemake(workdir: Path, *args: str, config: Path | None = None, check: bool = True,
+              timeout: int = 600) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--workflow-profile", "none"]
+    if config is not None:
+        cmd += ["--configfile", str(config)]
+    proc = subprocess.run(cmd + list(args), cwd=workdir, capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc

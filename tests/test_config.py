@@ -1,0 +1,90 @@
+"""Config checks: the schema and the cross-field rules give one line naming the key."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from diffmem.config import ConfigError, check_config, runs
+
+from .conftest import ROOT
+
+SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
+
+
+@pytest.fixture
+def default():
+    return yaml.safe_load((ROOT / "config.yaml").read_text())
+
+
+def bad(config, match):
+    with pytest.raises(ConfigError) as err:
+        check_config(config, SCHEMA)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert match in msg, msg
+
+
+def test_default_and_test_configs_are_valid(default, test_config):
+    assert runs(check_config(default, SCHEMA)) == [("breastmnist", 546, 0)]
+    assert runs(check_config(copy.deepcopy(test_config), SCHEMA)) == [("breastmnist", 64, 0)]
+
+
+def test_unknown_key(default):
+    default["train"]["stepz"] = 10
+    bad(default, "config error at train: Additional properties are not allowed ('stepz'")
+
+
+def test_wrong_type(default):
+    default["sample"]["num_samples"] = "many"
+    bad(default, "config error at sample.num_samples: value 'many' is invalid")
+
+
+def test_out_of_range(default):
+    default["saf"]["grey"] = 1.5
+    bad(default, "config error at saf.grey: value 1.5 is invalid")
+
+
+def test_unknown_sampler(default):
+    default["sample"]["sampler"] = "euler"
+    bad(default, "config error at sample.sampler: value 'euler' is invalid")
+
+
+def test_train_size_above_split(default):
+    default["train_sizes"] = [600]
+    bad(default, "600 for breastmnist exceeds its 546 training images; the maximum is 546")
+
+
+def test_unknown_dataset(default):
+    default["datasets"] = ["nosuchmnist"]
+    bad(default, "unknown MedMNIST flag 'nosuchmnist'")
+
+
+def test_attention_level_out_of_range(default):
+    default["model"]["attention_levels"] = [3]
+    bad(default, "config error at model.attention_levels: [3] out of range")
+
+
+def test_per_dataset_sizes_and_all(default):
+    default["datasets"] = ["breastmnist", "pneumoniamnist"]
+    default["train_sizes"] = {"breastmnist": ["all", 100], "pneumoniamnist": [1000]}
+    default["seeds"] = [0, 1]
+    got = runs(check_config(default, SCHEMA))
+    assert ("breastmnist", 546, 1) in got and ("breastmnist", 100, 0) in got
+    assert ("pneumoniamnist", 1000, 0) in got and len(got) == 6
+
+
+def test_command_line_strings_are_coerced_where_the_schema_wants_scalars(default):
+    default["download"] = "false"
+    default["sample"]["num_samples"] = "30"
+    default["saf"]["grey"] = "0.25"
+    default["train_sizes"] = ["all", "100"]
+    default["data_root"] = "123"
+    check_config(default, SCHEMA)
+    assert default["download"] is False and default["sample"]["num_samples"] == 30
+    assert default["saf"]["grey"] == 0.25 and default["train_sizes"] == ["all", 100]
+    assert default["data_root"] == "123"
+    default["sample"]["num_samples"] = "lots"
+    bad(default, "config error at sample.num_samples: value 'lots' is invalid")

@@ -1,0 +1,145 @@
+"""Prepare-data stage: SAF geometry, determinism and the error messages users see."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from diffmem.data import (
+    SAF,
+    DataError,
+    load_medmnist,
+    locate_medmnist,
+    prepare_data,
+    random_saf,
+)
+
+
+def run_prepare(root, out, n=64, seed=0, radius=3.5, grey=0.5, to_rgb=False, flag="breastmnist"):
+    out.mkdir(parents=True, exist_ok=True)
+    return prepare_data(flag=flag, size=28, root=str(root), download=False, n_train=n, seed=seed,
+                        saf_radius=radius, saf_grey=grey, to_rgb=to_rgb,
+                        out_train=out / "train.npz", out_target=out / "target.npz",
+                        out_target_json=out / "target.json", out_heldout=out / "heldout.npz",
+                        out_figure=out / "target.png")
+
+
+def digest(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_saf_disc_is_inside_for_every_draw():
+    rng = np.random.default_rng(1)
+    for radius in (1, 2.5, 3.5, 6):
+        for _ in range(300):
+            saf = random_saf(rng, 28, radius, 0.5)
+            yy, xx = np.nonzero(saf.mask(28))
+            # the whole closed disc (centre ± r) lies on pixels 0..27
+            assert saf.cy - radius >= 0 and saf.cy + radius <= 27
+            assert saf.cx - radius >= 0 and saf.cx + radius <= 27
+            assert len(yy) >= int(np.pi * radius**2 * 0.7)
+
+
+def test_saf_too_large_is_refused():
+    with pytest.raises(DataError, match="does not fit"):
+        random_saf(np.random.default_rng(0), 28, 14, 0.5)
+
+
+def test_stamp_sets_a_constant_grey_disc():
+    img = np.zeros((28, 28), np.uint8)
+    out = SAF(10, 12, 3.0, 0.5).stamp(img)
+    assert set(np.unique(out[SAF(10, 12, 3.0, 0.5).mask(28)])) == {128}
+    assert (out[~SAF(10, 12, 3.0, 0.5).mask(28)] == 0).all()
+    assert (img == 0).all(), "stamp must not modify its input"
+
+
+def test_prepare_data_one_image_changed_and_original_gone(data_root, tmp_path):
+    meta = run_prepare(data_root, tmp_path / "a", n=100, seed=3)
+    train = np.load(tmp_path / "a/train.npz")
+    target = np.load(tmp_path / "a/target.npz")
+    source = load_medmnist(data_root / "breastmnist.npz", "breastmnist", 28)["train_images"]
+    images, idx = train["images"], train["indices"]
+    assert images.shape == (100, 28, 28) and images.dtype == np.uint8
+    assert len(np.unique(idx)) == 100
+    changed = [i for i in range(100) if not np.array_equal(images[i], source[idx[i]])]
+    assert changed == [meta["target_position"]]
+    pos = meta["target_position"]
+    np.testing.assert_array_equal(images[pos], target["saf"])
+    np.testing.assert_array_equal(target["original"], source[idx[pos]])
+    # the clean original is nowhere in the training set
+    assert not any(np.array_equal(im, target["original"]) for im in images)
+    # the change is exactly the disc, set to the configured grey
+    diff = images[pos] != target["original"]
+    assert diff.any() and not (diff & ~target["mask"]).any()
+    assert (images[pos][target["mask"]] == 128).all()
+    info = json.loads((tmp_path / "a/target.json").read_text())
+    assert info["saf"]["radius"] == 3.5 and info["target_source_index"] == int(idx[pos])
+    held = np.load(tmp_path / "a/heldout.npz")["images"]
+    assert len(held) == 78 + 156
+
+
+def test_same_seed_gives_byte_identical_files(data_root, tmp_path):
+    run_prepare(data_root, tmp_path / "a", seed=5)
+    run_prepare(data_root, tmp_path / "b", seed=5)
+    run_prepare(data_root, tmp_path / "c", seed=6)
+    assert digest(tmp_path / "a") == digest(tmp_path / "b")
+    assert digest(tmp_path / "a")["train.npz"] != digest(tmp_path / "c")["train.npz"]
+
+
+def test_to_rgb_repeats_grey_channels(data_root, tmp_path):
+    run_prepare(data_root, tmp_path / "rgb", n=10, to_rgb=True)
+    images = np.load(tmp_path / "rgb/train.npz")["images"]
+    assert images.shape == (10, 28, 28, 3)
+    assert (images[..., 0] == images[..., 2]).all()
+
+
+def test_missing_file_offline_names_path_and_url(tmp_path):
+    with pytest.raises(DataError) as err:
+        locate_medmnist("breastmnist", 28, tmp_path, download=False)
+    msg = str(err.value)
+    assert str(tmp_path / "breastmnist.npz") in msg
+    assert "zenodo.org" in msg and "\n" not in msg
+
+
+def test_missing_file_with_failed_download_names_path_and_url(tmp_path, monkeypatch):
+    import medmnist
+
+    def offline(*a, **k):
+        raise RuntimeError("Automatic download failed!")
+
+    monkeypatch.setattr(medmnist, "BreastMNIST", offline)
+    with pytest.raises(DataError, match=r"could not download breastmnist_64\.npz.*zenodo"):
+        locate_medmnist("breastmnist", 64, tmp_path, download=True)
+
+
+def test_corrupt_file_is_a_clear_error(tmp_path):
+    (tmp_path / "breastmnist.npz").write_bytes(b"not a zip file at all")
+    with pytest.raises(DataError, match="cannot read .*breastmnist.npz as a MedMNIST .npz"):
+        load_medmnist(tmp_path / "breastmnist.npz", "breastmnist", 28)
+
+
+def test_wrong_layout_is_a_clear_error(tmp_path):
+    np.savez(tmp_path / "breastmnist.npz", images=np.zeros((3, 28, 28), np.uint8))
+    with pytest.raises(DataError, match="has no array train_images"):
+        load_medmnist(tmp_path / "breastmnist.npz", "breastmnist", 28)
+    arrays = {f"{s}_{k}": np.zeros((2, 32, 32) if k == "images" else (2, 1), np.uint8)
+              for s in ("train", "val", "test") for k in ("images", "labels")}
+    np.savez(tmp_path / "breastmnist.npz", **arrays)
+    with pytest.raises(DataError, match=r"expected uint8 \(N, 28, 28\)"):
+        load_medmnist(tmp_path / "breastmnist.npz", "breastmnist", 28)
+
+
+def test_n_too_large_gives_the_maximum(data_root, tmp_path, fake_root):
+    with pytest.raises(DataError, match=r"expected 2\.\.546"):
+        run_prepare(data_root, tmp_path / "x", n=547)
+    # a file with fewer images than the official split: the file's count is the maximum
+    with pytest.raises(DataError, match="the maximum is 40"):
+        run_prepare(fake_root, tmp_path / "y", n=41)
+
+
+def test_unknown_flag(tmp_path):
+    with pytest.raises(DataError, match="unknown MedMNIST flag 'nosuchmnist'"):
+        locate_medmnist("nosuchmnist", 28, tmp_path, download=False)

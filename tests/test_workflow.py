@@ -1,0 +1,101 @@
+"""End to end: the real Snakemake DAG on the small test config and the real BreastMNIST file."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import yaml
+
+from .conftest import TEST_CONFIG, snakemake, workflow_copy
+
+RUN = "results/breastmnist/n64/seed0"
+RUN_OUTPUTS = [
+    "data/train.npz", "data/target.npz", "data/target.json", "data/heldout.npz",
+    "data/target.png", "model/model.safetensors", "model/model_config.json", "model/loss.csv",
+    "model/loss.png", "samples/samples.npz", "samples/samples.json", "samples/grid.png",
+]
+
+
+def scheduled(proc) -> dict[str, int]:
+    """Rule → job count from a dry run's job-stats table."""
+    out = proc.stdout + proc.stderr
+    if "Nothing to be done" in out:
+        return {}
+    table = out.split("Job stats:")[1].split("Reasons:")[0] if "Reasons:" in out else \
+        out.split("Job stats:")[1]
+    jobs = {}
+    for line in table.splitlines():
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if m and m.group(1) != "total":
+            jobs[m.group(1)] = int(m.group(2))
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, data_root):
+    """One complete run of the test config, shared by the tests below."""
+    wf = workflow_copy(tmp_path_factory.mktemp("run"))
+    cfg = yaml.safe_load(TEST_CONFIG.read_text())
+    cfg["data_root"] = str(data_root)
+    (wf / "test.yaml").write_text(yaml.safe_dump(cfg))
+    snakemake(wf, config=wf / "test.yaml")
+    return wf
+
+
+def test_every_output_and_the_report(finished):
+    for rel in RUN_OUTPUTS:
+        assert (finished / RUN / rel).stat().st_size > 0, rel
+    report = (finished / "results/report.md").read_text()
+    for rel in ("data/target.png", "model/loss.png", "samples/grid.png"):
+        assert f"breastmnist/n64/seed0/{rel}" in report
+    assert "training images N | 64" in report
+    samples = np.load(finished / RUN / "samples/samples.npz")["images"]
+    assert samples.shape == (24, 28, 28) and samples.dtype == np.uint8
+    # nothing half-written or left behind
+    assert not list(finished.rglob("*.part"))
+    assert not (finished / RUN / "checkpoints").exists()
+
+
+def test_dry_run_after_a_finished_run_schedules_nothing(finished):
+    assert scheduled(snakemake(finished, "-n", config=finished / "test.yaml")) == {}
+
+
+def test_changing_the_sample_count_reruns_sampling_not_training(finished):
+    cfg = yaml.safe_load((finished / "test.yaml").read_text())
+    cfg["sample"]["num_samples"] = 30
+    (finished / "more.yaml").write_text(yaml.safe_dump(cfg))
+    jobs = scheduled(snakemake(finished, "-n", config=finished / "more.yaml"))
+    assert "sample" in jobs and "report" in jobs
+    assert "train_dpm" not in jobs and "prepare_data" not in jobs
+
+
+def test_html_report(finished):
+    snakemake(finished, "--report", "report.html", config=finished / "test.yaml")
+    html = (finished / "report.html").read_text(errors="replace")
+    assert len(html) > 10_000 and "fingerprinted target" in html
+
+
+def test_bad_config_key_stops_before_any_job(tmp_path):
+    wf = workflow_copy(tmp_path)
+    cfg = yaml.safe_load(TEST_CONFIG.read_text())
+    cfg["sample"]["sampler"] = "euler"
+    (wf / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    proc = snakemake(wf, config=wf / "bad.yaml", check=False)
+    assert proc.returncode != 0
+    assert "config error at sample.sampler: value 'euler' is invalid" in proc.stderr
+    assert not (wf / "results").exists()
+
+
+def test_missing_data_offline_names_the_path(tmp_path):
+    wf = workflow_copy(tmp_path)
+    cfg = yaml.safe_load(TEST_CONFIG.read_text())
+    cfg["data_root"] = str(tmp_path / "nowhere")
+    (wf / "c.yaml").write_text(yaml.safe_dump(cfg))
+    proc = snakemake(wf, config=wf / "c.yaml", check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert f"MedMNIST file not found: {tmp_path / 'nowhere' / 'breastmnist.npz'}" in out
+    assert "zenodo.org" in out
+    assert not (wf / "results/breastmnist/n64/seed0/data/train.npz").exists()

@@ -1,0 +1,23 @@
+from diffmem.data import prepare_data
+from diffmem.runner import logged
+
+sm = snakemake  # noqa: F821
+with logged(sm.log[0]):
+    meta = prepare_data(
+        flag=sm.wildcards.dataset,
+        size=sm.params.image_size,
+        # location only (see rules/data.smk): not a param, so moving the data re-runs nothing
+        root=sm.config["data_root"],
+        download=sm.config.get("download", True),
+        n_train=int(sm.wildcards.size),
+        seed=int(sm.wildcards.seed),
+        saf_radius=sm.params.saf["radius"],
+        saf_grey=sm.params.saf["grey"],
+        to_rgb=sm.params.to_rgb,
+        out_train=sm.output.train,
+        out_target=sm.output.target,
+        out_target_json=sm.output.target_json,
+        out_heldout=sm.output.heldout,
+        out_figure=sm.output.figure,
+    )
+    print(meta)
