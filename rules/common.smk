@@ -32,7 +32,9 @@ def expand_runs(pattern):
 
 
 def all_run_outputs():
-    return expand_runs(RUN + "/samples/samples.npz")
+    return expand_runs(RUN + "/audit/boundary.json") + expand_runs(
+        RUN + "/audit/reproductions.json"
+    )
 
 
 def gpu_resources():

@@ -6,6 +6,14 @@ rule report:
         loss_pngs=expand_runs(RUN + "/model/loss.png"),
         samples=expand_runs(RUN + "/samples/samples.json"),
         grids=expand_runs(RUN + "/samples/grid.png"),
+        classifiers=expand_runs(RUN + "/classifiers/classifiers.json"),
+        detections=expand_runs(RUN + "/audit/reproductions.json"),
+        detection_pngs=expand_runs(RUN + "/audit/reproductions.png"),
+        boundaries=expand_runs(RUN + "/audit/boundary.json"),
+        boundary_pngs=expand_runs(RUN + "/audit/boundary.png"),
+        table1="results/fingerprint/table1_reproductions.md",
+        table2="results/fingerprint/table2_datasets.md",
+        vs_n="results/fingerprint/reproductions_rho_vs_n.png",
     output:
         markdown="results/report.md",
     log:
@@ -14,6 +22,17 @@ rule report:
         runs=RUNS,
         run_dirs=expand_runs(RUN),
         title=config.get("report", {}).get("title", "diffmem memorization audit"),
-        settings={k: config[k] for k in ("model", "diffusion", "train", "sample", "saf")},
+        settings={
+            k: config[k]
+            for k in (
+                "model",
+                "diffusion",
+                "train",
+                "sample",
+                "saf",
+                "classifiers",
+                "boundary",
+            )
+        },
     script:
         "../workflow/scripts/report.py"

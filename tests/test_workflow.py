@@ -15,6 +15,14 @@ RUN_OUTPUTS = [
     "data/train.npz", "data/target.npz", "data/target.json", "data/heldout.npz",
     "data/target.png", "model/model.safetensors", "model/model_config.json", "model/loss.csv",
     "model/loss.png", "samples/samples.npz", "samples/samples.json", "samples/grid.png",
+    "classifiers/c_saf.safetensors", "classifiers/c_id.safetensors", "classifiers/classifiers.json",
+    "audit/reproductions.csv", "audit/reproductions.json", "audit/reproductions.png",
+    "audit/boundary.csv", "audit/boundary.json", "audit/boundary.png",
+]
+SUMMARY_OUTPUTS = [
+    "results/fingerprint/table1_reproductions.csv", "results/fingerprint/table1_reproductions.md",
+    "results/fingerprint/table2_datasets.csv", "results/fingerprint/table2_datasets.md",
+    "results/fingerprint/reproductions_rho_vs_n.png", "results/report.md",
 ]
 
 
@@ -47,10 +55,20 @@ def finished(tmp_path_factory, data_root):
 def test_every_output_and_the_report(finished):
     for rel in RUN_OUTPUTS:
         assert (finished / RUN / rel).stat().st_size > 0, rel
+    for rel in SUMMARY_OUTPUTS:
+        assert (finished / rel).stat().st_size > 0, rel
     report = (finished / "results/report.md").read_text()
-    for rel in ("data/target.png", "model/loss.png", "samples/grid.png"):
+    for rel in ("data/target.png", "model/loss.png", "samples/grid.png", "audit/boundary.png",
+                "audit/reproductions.png"):
         assert f"breastmnist/n64/seed0/{rel}" in report
     assert "training images N | 64" in report
+    assert "anonymity indicator ρ = t′/T" in report and "| breastmnist |  64 |" in report
+    import json
+
+    boundary = json.loads((finished / RUN / "audit/boundary.json").read_text())
+    assert 0 <= boundary["rho"] <= 1 and boundary["evaluations"] == 6  # t = 0, 20, ..., 80, 99
+    detection = json.loads((finished / RUN / "audit/reproductions.json").read_text())
+    assert detection["samples"] == 24 and detection["n_train"] == 64
     samples = np.load(finished / RUN / "samples/samples.npz")["images"]
     assert samples.shape == (24, 28, 28) and samples.dtype == np.uint8
     # nothing half-written or left behind
@@ -67,8 +85,9 @@ def test_changing_the_sample_count_reruns_sampling_not_training(finished):
     cfg["sample"]["num_samples"] = 30
     (finished / "more.yaml").write_text(yaml.safe_dump(cfg))
     jobs = scheduled(snakemake(finished, "-n", config=finished / "more.yaml"))
-    assert "sample" in jobs and "report" in jobs
+    assert {"sample", "detect_reproductions", "fingerprint_tables", "report"} <= set(jobs)
     assert "train_dpm" not in jobs and "prepare_data" not in jobs
+    assert "train_fingerprint_classifiers" not in jobs and "boundary_search" not in jobs
 
 
 def test_html_report(finished):

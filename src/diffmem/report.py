@@ -47,6 +47,29 @@ def run_section(run_dir: Path, base: Path, dataset: str, n: int, seed: int) -> s
         ("sampling time", f"{samples['seconds']:.1f} s on {samples['device']} "
                           f"({samples['images_per_second']:.0f} images/s)"),
     ]
+    audit = run_dir / "audit"
+    if (audit / "boundary.json").exists():
+        c = load_json(run_dir / "classifiers/classifiers.json")
+        d = load_json(audit / "reproductions.json")
+        b = load_json(audit / "boundary.json")
+        rows += [
+            ("C_SAF validation accuracy / precision / recall",
+             f"{c['c_saf']['accuracy']:.3f} / {c['c_saf']['precision']:.3f} / "
+             f"{c['c_saf']['recall']:.3f}"),
+            ("C_ID validation accuracy / precision / recall",
+             f"{c['c_id']['accuracy']:.3f} / {c['c_id']['precision']:.3f} / "
+             f"{c['c_id']['recall']:.3f}"),
+            ("samples flagged SAF+ / ID+ / both (reproductions)",
+             f"{d['saf_positive']} / {d['id_positive']} / **{d['reproductions']}**"),
+            ("expected under p = 1/N", f"{d['expected']:.2f}"),
+            ("one-sided binomial p-value, rate < 1/N / rate > 1/N",
+             f"{d['p_value_less']:.3g} / {d['p_value_greater']:.3g}"),
+            ("MAE of reproductions to x_SAF",
+             f"{d['mae_reproductions']:.4f}" if d["mae_reproductions"] is not None else "–"),
+            ("anonymity indicator ρ = t′/T", f"**{b['rho']:.3f}** (t′ = {b['t_star']}, "
+             f"{b['method']}, M = {b['m']}, {b['evaluations']} levels, {b['seconds']:.1f} s)"),
+            ("upper Darboux area of p̂_t", f"{b['upper_darboux_area']:.3f}"),
+        ]
     parts = [f"## {dataset}, N = {n}, seed {seed}", "", _table(rows), "",
              f"![target]({_rel(run_dir / 'data/target.png', base)})", "",
              "*The fingerprinted target: the clean original (removed from the training set), the "
@@ -55,16 +78,37 @@ def run_section(run_dir: Path, base: Path, dataset: str, n: int, seed: int) -> s
              "*Training loss (ε-prediction MSE) of the DPM.*", "",
              f"![samples]({_rel(run_dir / 'samples/grid.png', base)})", "",
              "*Images sampled from the trained model's EMA weights.*", ""]
+    if (audit / "boundary.json").exists():
+        parts += [f"![reproductions]({_rel(audit / 'reproductions.png', base)})", "",
+                  "*Samples flagged by the adversary classifiers: reproductions (both say yes) "
+                  "and single-classifier flags (false-positive candidates).*", "",
+                  f"![boundary]({_rel(audit / 'boundary.png', base)})", "",
+                  "*Boundary search: p̂_t with its 95 % band; ρ marks the largest t that still "
+                  "returns to x_SAF.*", ""]
     return "\n".join(parts)
 
 
 def write_report(*, out_markdown: str, runs: list, run_dirs: list[str], title: str,
-                 settings: dict, extra_sections: list[str] | None = None) -> None:
+                 settings: dict, fingerprint_tables: list[str] | None = None,
+                 fingerprint_figure: str | None = None) -> None:
     base = Path(out_markdown).parent
     lines = [f"# {title}", "",
              "Which training images can this diffusion model reproduce, how likely is it, and "
-             "can an attacker pull them out? One section per trained model below.", ""]
-    lines += extra_sections or []
+             "can an attacker pull them out? Summary tables first, then one section per trained "
+             "model.", ""]
+    if fingerprint_tables:
+        t1, t2 = (Path(t).read_text() for t in fingerprint_tables)
+        lines += ["## Fingerprint audit: reproductions of the fingerprinted image", "",
+                  "A reproduction is a generated image that both adversary classifiers (C_SAF: "
+                  "carries the fingerprint; C_ID: is the target patient) accept. Under the null "
+                  "hypothesis the model reproduces the target as often as any training image "
+                  "(rate 1/N).", "", t1, "",
+                  "## Fingerprint audit: per dataset (as the paper's Table 2)", "",
+                  "ρ = t′/T: the largest diffusion step from which reverse runs still return to "
+                  "the fingerprinted image (1 = the model walks back to it from pure noise).", "",
+                  t2, ""]
+    if fingerprint_figure:
+        lines += [f"![vs N]({_rel(Path(fingerprint_figure), base)})", ""]
     for (dataset, n, seed), run_dir in zip(runs, run_dirs, strict=True):
         lines.append(run_section(Path(run_dir), base, dataset, int(n), int(seed)))
     lines += ["## Settings", "", "```yaml", yaml.safe_dump(settings, sort_keys=False).rstrip(),

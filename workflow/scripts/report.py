@@ -9,4 +9,6 @@ with logged(sm.log[0]):
         run_dirs=sm.params.run_dirs,
         title=sm.params.title,
         settings=sm.params.settings,
+        fingerprint_tables=[sm.input.table1, sm.input.table2],
+        fingerprint_figure=sm.input.vs_n,
     )

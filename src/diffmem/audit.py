@@ -1,0 +1,155 @@
+"""Fingerprint audit: reproductions among samples, their significance, and the boundary search.
+
+* :func:`binomial_p_values`: exact one-sided binomial tails of k reproductions in K samples
+  against p0 = 1/N (a model that reproduces x* as often as any one training image).
+* :func:`detect_reproductions`: run C_SAF and C_ID on generated images; a reproduction is an
+  image both accept.
+* :func:`boundary_search`: p̂_t, the fraction of M reverse runs started from x_SAF noised to step
+  t that land in the private region B (both classifiers accept), for many t at once, either on
+  a grid (exhaustive) or by batched k-section (bisection with k points per round); ρ = t′/T with
+  t′ = max{t : p̂_t > 0}, the upper Darboux area of p̂ over t/T, and Wilson score bands.
+
+The search is written against two callables, ``reverse_fn(x_t, t) -> x_0`` and
+``accept_fn(x_0) -> bool``, so it can be tested with stand-ins whose answer is known.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- statistics
+def _log_pmf(k: int, n: int, p: float) -> float:
+    if p <= 0:
+        return 0.0 if k == 0 else -math.inf
+    if p >= 1:
+        return 0.0 if k == n else -math.inf
+    return (math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+            + k * math.log(p) + (n - k) * math.log1p(-p))
+
+
+def binom_cdf(k: int, n: int, p: float) -> float:
+    """P(X ≤ k) for X ~ Binomial(n, p), summed in log space (exact for the sizes used here)."""
+    if k < 0:
+        return 0.0
+    if k >= n:
+        return 1.0
+    logs = [_log_pmf(i, n, p) for i in range(k + 1)]
+    m = max(logs)
+    return min(1.0, math.exp(m) * sum(math.exp(v - m) for v in logs))
+
+
+def binomial_p_values(k: int, n: int, p0: float) -> dict:
+    """One-sided exact p-values: 'rate < p0' = P(X ≤ k), 'rate > p0' = P(X ≥ k)."""
+    return {"p_value_less": binom_cdf(k, n, p0),
+            "p_value_greater": 1.0 - binom_cdf(k - 1, n, p0) if k > 0 else 1.0,
+            "expected": n * p0}
+
+
+def wilson_interval(k: np.ndarray, n: int, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval for a binomial proportion (well-behaved at 0 and 1, closed form)."""
+    k = np.asarray(k, dtype=float)
+    p = k / n
+    denom = 1 + z**2 / n
+    centre = (p + z**2 / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denom
+    return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
+
+
+# ----------------------------------------------------------------------------- classifiers
+@torch.no_grad()
+def classify(nets: list[torch.nn.Module], images: torch.Tensor, threshold: float = 0.5,
+             batch: int = 4096) -> list[torch.Tensor]:
+    """Probabilities of each classifier for float images in [-1, 1] (B, C, H, W)."""
+    outs = [[] for _ in nets]
+    for i in range(0, len(images), batch):
+        for j, net in enumerate(nets):
+            outs[j].append(torch.sigmoid(net(images[i:i + batch]).float().squeeze(-1)))
+    return [torch.cat(o) if o else torch.zeros(0, device=images.device) for o in outs]
+
+
+# ----------------------------------------------------------------------------- boundary search
+ReverseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+AcceptFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def p_hat_at(ts: np.ndarray, x_saf: torch.Tensor, m: int, noise_fn, reverse_fn: ReverseFn,
+             accept_fn: AcceptFn) -> np.ndarray:
+    """Accepted counts of M reverse runs for every t in ``ts``, all in one batch."""
+    ts = np.asarray(ts, dtype=np.int64)
+    if len(ts) == 0:
+        return np.zeros(0, dtype=np.int64)
+    t = torch.as_tensor(np.repeat(ts, m), device=x_saf.device)
+    x_t = noise_fn(x_saf.expand(len(t), *x_saf.shape[1:]), t)
+    accepted = accept_fn(reverse_fn(x_t, t)).view(len(ts), m)
+    return accepted.sum(1).cpu().numpy().astype(np.int64)
+
+
+def boundary_search(x_saf: torch.Tensor, T: int, m: int, noise_fn, reverse_fn: ReverseFn,
+                    accept_fn: AcceptFn, *, method: str = "exhaustive", t_step: int = 10,
+                    points_per_round: int = 8, max_rounds: int = 12) -> dict:
+    """Estimate p̂_t and the indicator ρ = t′/T.
+
+    ``exhaustive``: t = 0, t_step, 2·t_step, … ≤ T−1 (and T−1 itself), all batched together.
+    ``bisection``: assumes p̂_t > 0 at t = 0 and searches for the last positive t by k-section:
+    each round evaluates ``points_per_round`` t's between the last known positive and the first
+    known zero in one batch (k = 1 is plain bisection), until they are adjacent.
+    """
+    t0 = time.perf_counter()
+    evaluated: dict[int, int] = {}
+
+    def evaluate(ts):
+        ts = [int(t) for t in ts if int(t) not in evaluated]
+        for t, k in zip(ts, p_hat_at(np.array(ts), x_saf, m, noise_fn, reverse_fn, accept_fn),
+                        strict=True):
+            evaluated[t] = int(k)
+
+    rounds = 0
+    if method == "exhaustive":
+        grid = sorted(set(range(0, T, t_step)) | {T - 1})
+        evaluate(grid)
+        rounds = 1
+    elif method == "bisection":
+        evaluate([0, T - 1])
+        rounds = 1
+        lo, hi = 0, T - 1  # invariant: lo positive (or 0), hi zero (or the end)
+        if evaluated[T - 1] > 0:
+            lo = hi
+        elif evaluated[0] == 0:
+            hi = 0
+        while hi - lo > 1 and rounds < max_rounds:
+            inner = np.unique(np.linspace(lo, hi, points_per_round + 2).round().astype(int))[1:-1]
+            inner = [t for t in inner if lo < t < hi]
+            if not inner:
+                break
+            evaluate(inner)
+            rounds += 1
+            pos = [t for t in inner if evaluated[t] > 0]
+            zero = [t for t in inner if evaluated[t] == 0]
+            lo = max([lo, *pos])
+            hi = min([t for t in [hi, *zero] if t > lo], default=hi)
+    else:
+        raise ValueError(f"unknown boundary search method {method!r}; expected exhaustive or "
+                         f"bisection")
+    ts = np.array(sorted(evaluated))
+    k = np.array([evaluated[t] for t in ts])
+    p_hat = k / m
+    lo_band, hi_band = wilson_interval(k, m)
+    positive = ts[k > 0]
+    t_star = int(positive.max()) if len(positive) else None
+    u = ts / T
+    # upper Darboux sum of p̂ over t/T on the evaluated grid: each interval takes its larger end
+    area = float(np.sum(np.diff(u) * np.maximum(p_hat[:-1], p_hat[1:]))) if len(ts) > 1 else 0.0
+    return {"t": ts, "k": k, "p_hat": p_hat, "ci_low": lo_band, "ci_high": hi_band,
+            "t_star": t_star, "rho": (t_star / T) if t_star is not None else 0.0,
+            "upper_darboux_area": area, "method": method, "m": m, "T": T,
+            "evaluations": int(len(ts)), "rounds": rounds,
+            "seconds": round(time.perf_counter() - t0, 3)}

@@ -1,0 +1,25 @@
+from diffmem.fingerprint import boundary_stage
+from diffmem.runner import logged
+
+sm = snakemake  # noqa: F821
+with logged(sm.log[0]):
+    print(
+        boundary_stage(
+            weights=sm.input.weights,
+            model_config=sm.input.config,
+            target_npz=sm.input.target,
+            c_saf=sm.input.c_saf,
+            c_id=sm.input.c_id,
+            classifiers_json=sm.input.metrics,
+            threshold=sm.params.threshold,
+            cfg=sm.params.boundary,
+            sampler=sm.params.sampler,
+            steps=sm.params.steps,
+            seed=int(sm.wildcards.seed) * 1000 + sm.params.boundary.get("seed", 2),
+            device=sm.params.device,
+            bf16=sm.params.bf16,
+            out_csv=sm.output.csv,
+            out_json=sm.output.summary,
+            out_png=sm.output.figure,
+        )
+    )

@@ -1,0 +1,16 @@
+from diffmem.fingerprint import aggregate_stage
+from diffmem.runner import logged
+
+sm = snakemake  # noqa: F821
+with logged(sm.log[0]):
+    aggregate_stage(
+        runs=sm.params.runs,
+        classifiers=sm.input.classifiers,
+        detections=sm.input.detections,
+        boundaries=sm.input.boundaries,
+        out_table1_csv=sm.output.table1_csv,
+        out_table1_md=sm.output.table1_md,
+        out_table2_csv=sm.output.table2_csv,
+        out_table2_md=sm.output.table2_md,
+        out_png=sm.output.figure,
+    )
