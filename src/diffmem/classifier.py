@@ -64,8 +64,13 @@ def normalise(x_uint8: torch.Tensor) -> torch.Tensor:
 
 
 def stamp_discs(x: torch.Tensor, apply: torch.Tensor, radius: float, grey: float | torch.Tensor,
-                gen: torch.Generator) -> torch.Tensor:
-    """Stamp a disc at a random position (wholly inside) on the images where ``apply`` is true."""
+                gen: torch.Generator, alpha_min: float = 1.0) -> torch.Tensor:
+    """Stamp a disc at a random position (wholly inside) on the images where ``apply`` is true.
+
+    ``alpha_min`` < 1 blends each disc with the image at a random strength α ∈ [alpha_min, 1]:
+    a DPM reproduces the SAF as a soft, partly blended disc, and a detector trained only on
+    crisp discs misses those (seen on BreastMNIST: near-copies of x_SAF with p_SAF ≈ 0.001).
+    """
     n, _, h, w = x.shape
     margin = int(math.ceil(radius))
     cy = torch.randint(margin, h - margin, (n, 1, 1, 1), generator=gen, device=x.device)
@@ -73,9 +78,25 @@ def stamp_discs(x: torch.Tensor, apply: torch.Tensor, radius: float, grey: float
     yy = torch.arange(h, device=x.device).view(1, 1, h, 1)
     xx = torch.arange(w, device=x.device).view(1, 1, 1, w)
     mask = ((yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2) & apply.view(n, 1, 1, 1)
-    value = torch.as_tensor(grey, device=x.device, dtype=torch.float32)
-    value = (value * 255).round().to(torch.uint8).view(-1, 1, 1, 1).expand(n, 1, 1, 1)
-    return torch.where(mask, value.expand_as(x), x)
+    value = torch.as_tensor(grey, device=x.device, dtype=torch.float32).view(-1, 1, 1, 1) * 255
+    alpha = alpha_min + (1 - alpha_min) * torch.rand((n, 1, 1, 1), generator=gen, device=x.device)
+    blended = (alpha * value + (1 - alpha) * x.float()).round().clamp(0, 255).to(torch.uint8)
+    return torch.where(mask, blended, x)
+
+
+def blur(x: torch.Tensor, sigma_max: float, gen: torch.Generator, chunk: int = 64):
+    """Gaussian blur of random strength σ ∈ [0, sigma_max] per chunk (generated images are
+    smoother than real ones); returns uint8."""
+    if sigma_max <= 0:
+        return x
+    from torchvision.transforms.v2 import functional as F
+
+    out = []
+    for i in range(0, len(x), chunk):
+        sigma = float(torch.rand((), generator=gen, device=x.device)) * sigma_max
+        out.append(F.gaussian_blur(x[i:i + chunk], [5, 5], [sigma]) if sigma > 0.05
+                   else x[i:i + chunk])
+    return torch.cat(out)
 
 
 def augment(x: torch.Tensor, noise_std: float, augmix: bool, gen: torch.Generator,
@@ -104,7 +125,7 @@ class TaskData:
 
 def saf_task(train_pool: np.ndarray, val_pool: np.ndarray, radius: float, grey: float, *,
              train_rate: float, val_rate: float, noise_std: float, augmix: bool, device,
-             seed: int) -> TaskData:
+             seed: int, alpha_min: float = 1.0, blur_sigma: float = 0.0) -> TaskData:
     """C_SAF: "does this image carry an SAF-like disc?"; discs at random places, real images."""
     gen = torch.Generator(device=device).manual_seed(seed)
     pool = as_nchw_uint8(train_pool, device)
@@ -112,12 +133,16 @@ def saf_task(train_pool: np.ndarray, val_pool: np.ndarray, radius: float, grey: 
     def make_batch(n):
         x = pool[torch.randint(len(pool), (n,), generator=gen, device=device)]
         y = torch.rand(n, generator=gen, device=device) < train_rate
-        return augment(stamp_discs(x, y, radius, grey, gen), noise_std, augmix, gen), y.float()
+        x = blur(stamp_discs(x, y, radius, grey, gen, alpha_min), blur_sigma, gen)
+        return augment(x, noise_std, augmix, gen), y.float()
 
+    # validation discs are blended and blurred the same way, so early stopping picks the
+    # detector that also finds soft discs
     vg = torch.Generator(device=device).manual_seed(seed + 1)
     vx = as_nchw_uint8(val_pool, device)
     vy = torch.rand(len(vx), generator=vg, device=device) < val_rate
-    return TaskData(make_batch, normalise(stamp_discs(vx, vy, radius, grey, vg)), vy.float())
+    vx = blur(stamp_discs(vx, vy, radius, grey, vg, alpha_min), blur_sigma, vg)
+    return TaskData(make_batch, normalise(vx), vy.float())
 
 
 def id_task(target: np.ndarray, train_pool: np.ndarray, val_pool: np.ndarray, radius: float,
@@ -235,7 +260,9 @@ def train_fingerprint_classifiers(*, train_npz: str, target_npz: str, target_jso
     out = {"depth": cfg["depth"], "in_channels": channels, "num_classes": 1, "seed": seed}
 
     saf = saf_task(others, heldout, radius, grey, train_rate=cfg["saf"]["train_rate"],
-                   val_rate=cfg["saf"]["val_rate"], seed=seed, **common)
+                   val_rate=cfg["saf"]["val_rate"], seed=seed,
+                   alpha_min=cfg["saf"].get("alpha_min", 1.0),
+                   blur_sigma=cfg["saf"].get("blur_sigma", 0.0), **common)
     c_saf = build_resnet(cfg["depth"], channels).to(dev)
     out["c_saf"] = train_classifier(c_saf, saf, name="C_SAF", **fit)
 
