@@ -7,6 +7,7 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/dpm.smk"
 include: "rules/fingerprint.smk"
+include: "rules/side.smk"
 include: "rules/report.smk"
 
 

@@ -16,6 +16,8 @@ except ConfigError as err:
     raise WorkflowError(str(err)) from None
 
 RUNS = runs(config)
+# guidance scales as path wildcards ("1", "3", "2.5"): one side_extract job per scale
+SIDE_SCALES = [f"{float(s):g}" for s in config["side"]["scales"]]
 RUN = "results/{dataset}/n{size}/seed{seed}"
 LOG = "logs/{dataset}/n{size}/seed{seed}"
 
@@ -24,6 +26,7 @@ wildcard_constraints:
     dataset="[a-z]+mnist",
     size=r"\d+",
     seed=r"\d+",
+    scale=r"[0-9]+(\.[0-9]+)?",
 
 
 def expand_runs(pattern):
@@ -32,8 +35,10 @@ def expand_runs(pattern):
 
 
 def all_run_outputs():
-    return expand_runs(RUN + "/audit/boundary.json") + expand_runs(
-        RUN + "/audit/reproductions.json"
+    return (
+        expand_runs(RUN + "/audit/boundary.json")
+        + expand_runs(RUN + "/audit/reproductions.json")
+        + expand_runs(RUN + "/side/metrics.json")
     )
 
 

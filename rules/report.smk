@@ -14,6 +14,7 @@ rule report:
         table1="results/fingerprint/table1_reproductions.md",
         table2="results/fingerprint/table2_datasets.md",
         vs_n="results/fingerprint/reproductions_rho_vs_n.png",
+        side=expand_runs(RUN + "/side/metrics.json"),
     output:
         markdown="results/report.md",
     log:
@@ -32,6 +33,7 @@ rule report:
                 "saf",
                 "classifiers",
                 "boundary",
+                "side",
             )
         },
     script:

@@ -78,13 +78,18 @@ def test_per_dataset_sizes_and_all(default):
 
 def test_command_line_strings_are_coerced_where_the_schema_wants_scalars(default):
     default["download"] = "false"
-    default["sample"]["num_samples"] = "30"
+    default["sample"]["num_samples"] = "3000"
     default["saf"]["grey"] = "0.25"
     default["train_sizes"] = ["all", "100"]
     default["data_root"] = "123"
     check_config(default, SCHEMA)
-    assert default["download"] is False and default["sample"]["num_samples"] == 30
+    assert default["download"] is False and default["sample"]["num_samples"] == 3000
     assert default["saf"]["grey"] == 0.25 and default["train_sizes"] == ["all", 100]
     assert default["data_root"] == "123"
     default["sample"]["num_samples"] = "lots"
     bad(default, "config error at sample.num_samples: value 'lots' is invalid")
+
+
+def test_baseline_needs_as_many_samples_as_side(default):
+    default["sample"]["num_samples"] = 500
+    bad(default, "sample.num_samples: 500 is below side.clusters x side.per_cluster = 1000")

@@ -43,7 +43,8 @@ def test_vectorised_step_equals_diffusers(sampler, steps):
     g = torch.Generator().manual_seed(1)
     for t in sch.timesteps:
         eps = model(ref, torch.full((4,), int(t))).sample
-        kw = {"generator": g} if sampler == "ddpm" else {"eta": 0.0}
+        kw = {"generator": g} if sampler == "ddpm" else {"eta": 0.0,
+                                                          "use_clipped_model_output": True}
         ref = sch.step(eps, t, ref, **kw).prev_sample
     # both draw one (B, C, H, W) normal per noisy step from equally seeded generators, so even
     # the stochastic DDPM trajectories coincide

@@ -18,6 +18,9 @@ RUN_OUTPUTS = [
     "classifiers/c_saf.safetensors", "classifiers/c_id.safetensors", "classifiers/classifiers.json",
     "audit/reproductions.csv", "audit/reproductions.json", "audit/reproductions.png",
     "audit/boundary.csv", "audit/boundary.json", "audit/boundary.png",
+    "side/labels.npz", "side/labels.json", "side/clusters.png", "side/classifier.safetensors",
+    "side/classifier.json", "side/extract_s1.npz", "side/extract_s4.npz", "side/metrics.csv",
+    "side/metrics.json", "side/pairs.png", "side/nn_similarity.png", "side/ams_ums_vs_scale.png",
 ]
 SUMMARY_OUTPUTS = [
     "results/fingerprint/table1_reproductions.csv", "results/fingerprint/table1_reproductions.md",
@@ -69,6 +72,11 @@ def test_every_output_and_the_report(finished):
     assert 0 <= boundary["rho"] <= 1 and boundary["evaluations"] == 6  # t = 0, 20, ..., 80, 99
     detection = json.loads((finished / RUN / "audit/reproductions.json").read_text())
     assert detection["samples"] == 24 and detection["n_train"] == 64
+    side = json.loads((finished / RUN / "side/metrics.json").read_text())
+    assert side["budget"] == 12  # 3 clusters x 4 per cluster, baseline scored on as many
+    assert [r["method"] for r in side["rows"]] == ["baseline (plain sampling)", "SIDE", "SIDE"]
+    assert all(r["images"] == 12 for r in side["rows"])
+    assert "### SIDE extraction vs plain sampling (12 images each)" in report
     samples = np.load(finished / RUN / "samples/samples.npz")["images"]
     assert samples.shape == (24, 28, 28) and samples.dtype == np.uint8
     # nothing half-written or left behind

@@ -144,6 +144,12 @@ def _cross_checks(config: dict) -> None:
     if diff.get("beta_start", 1e-4) >= diff.get("beta_end", 0.02):
         raise ConfigError(f"config error at diffusion.beta_start: {diff.get('beta_start')} must "
                           f"be below beta_end {diff.get('beta_end')}")
+    side = config.get("side")
+    if side and config["sample"]["num_samples"] < side["clusters"] * side["per_cluster"]:
+        raise ConfigError(f"config error at sample.num_samples: {config['sample']['num_samples']}"
+                          f" is below side.clusters x side.per_cluster = "
+                          f"{side['clusters'] * side['per_cluster']}, the plain-sampling "
+                          f"baseline SIDE is compared with")
     if config["sample"]["steps"] > diff["num_train_timesteps"]:
         raise ConfigError(f"config error at sample.steps: {config['sample']['steps']} exceeds "
                           f"diffusion.num_train_timesteps {diff['num_train_timesteps']}")

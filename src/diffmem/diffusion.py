@@ -9,7 +9,8 @@
   starts from x_SAF noised to many t at once) and may be steered by a guidance gradient (SIDE).
 
 diffusers' ``scheduler.step`` accepts one scalar timestep per call, so the update formulas of
-``DDPMScheduler.step`` (variance "fixed_small") and ``DDIMScheduler.step`` (η = 0) are written
+``DDPMScheduler.step`` (variance "fixed_small") and ``DDIMScheduler.step`` (η = 0, clipped-x_0
+ε) are written
 here once more in vectorised form over per-sample timesteps; the timestep grids come from the
 diffusers schedulers' own ``set_timesteps``, and ``tests/test_diffusion.py`` checks that for a
 common timestep both steps equal diffusers' to float precision.
@@ -193,7 +194,11 @@ def reverse(model, process: NoiseProcess, x: torch.Tensor, t_start, *, sampler: 
             eps = eps - guidance_scale * (1 - a_t).sqrt() * grad
         a_prev = torch.where(tp >= 0, acp[tp.clamp(min=0)], one).view(-1, 1, 1, 1)
         x0 = ((xs - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1, 1)
-        if sampler == "ddim":  # η = 0; ε is not re-derived from the clipped x_0, as in diffusers
+        if sampler == "ddim":
+            # η = 0, with ε re-derived from the clipped x_0 as guided-diffusion's ddim_sample does
+            # (diffusers' use_clipped_model_output=True). diffusers' default keeps the raw ε;
+            # under strong guidance x_0 clips while ε keeps moving and the step goes the wrong way.
+            eps = (xs - a_t.sqrt() * x0) / (1 - a_t).sqrt()
             xs = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
         else:
             beta = 1 - a_t / a_prev

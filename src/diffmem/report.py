@@ -85,7 +85,36 @@ def run_section(run_dir: Path, base: Path, dataset: str, n: int, seed: int) -> s
                   f"![boundary]({_rel(audit / 'boundary.png', base)})", "",
                   "*Boundary search: p̂_t with its 95 % band; ρ marks the largest t that still "
                   "returns to x_SAF.*", ""]
+    side = run_dir / "side"
+    if (side / "metrics.json").exists():
+        parts += side_section(side, base)
     return "\n".join(parts)
+
+
+def side_section(side: Path, base: Path) -> list[str]:
+    m = load_json(side / "metrics.json")
+    clf = load_json(side / "classifier.json")
+    taus = [f"{t:g}" for t in m["thresholds"]]
+    head = ["method", "scale", *[f"AMS@{t}" for t in taus], *[f"UMS@{t}" for t in taus],
+            "Carlini extractions (unique)", "mean NN cosine"]
+    lines = [f"### SIDE extraction vs plain sampling ({m['budget']} images each)", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in m["rows"]:
+        cells = [r["method"], f"{r['scale']:g}" if r["method"] == "SIDE" else "–",
+                 *[f"{r[f'ams@{t}']:.4f}" for t in taus], *[f"{r[f'ums@{t}']:.4f}" for t in taus],
+                 f"{r['carlini_extractions']} ({r['carlini_unique']})",
+                 f"{r['mean_nn_cosine']:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    acc = ", ".join(f"t∈[{a['t_from']},{a['t_to']}): {a['accuracy']:.2f}"
+                    for a in clf["accuracy_by_t"])
+    lines += ["", f"Surrogate classifier accuracy by noise level ({acc}; chance "
+                  f"{clf['chance']:.2f}).", "",
+              f"![pairs]({_rel(side / 'pairs.png', base)})", "",
+              "*Top SIDE pairs: generated image (top) and its nearest training image.*", "",
+              f"![hist]({_rel(side / 'nn_similarity.png', base)})", "",
+              f"![scales]({_rel(side / 'ams_ums_vs_scale.png', base)})", "",
+              "*AMS/UMS against guidance scale; dotted: plain sampling.*", ""]
+    return lines
 
 
 def write_report(*, out_markdown: str, runs: list, run_dirs: list[str], title: str,
