@@ -209,18 +209,16 @@ def extract_stage(*, weights: str, model_config: str, clf_weights: str, clf_json
     k = net.config["num_classes"]
     shape = (meta["unet"]["in_channels"], meta["unet"]["sample_size"],
              meta["unet"]["sample_size"])
-    images, labels = [], []
-    for y in range(k):
-        for start in range(0, per_cluster, batch_size):
-            b = min(batch_size, per_cluster - start)
-            target = torch.full((b,), y, device=dev)
-            images.append(sample(model, process, b, shape=shape, sampler=sampler, steps=steps,
-                                 batch_size=b, seed=seed * 100_003 + y * 1009 + start,
-                                 device=dev, autocast=bf16 and dev.type == "cuda",
-                                 guidance=guidance_fn(net, target), guidance_scale=scale,
-                                 progress=False))
-            labels.append(np.full(b, y))
-    images, labels = np.concatenate(images), np.concatenate(labels)
+    # every cluster in the same batches: the guidance hook takes one target label per image
+    labels = np.repeat(np.arange(k), per_cluster)
+    images = []
+    for start in range(0, len(labels), batch_size):
+        y = torch.as_tensor(labels[start:start + batch_size], device=dev)
+        images.append(sample(model, process, len(y), shape=shape, sampler=sampler, steps=steps,
+                             batch_size=len(y), seed=seed * 100_003 + start, device=dev,
+                             autocast=bf16 and dev.type == "cuda",
+                             guidance=guidance_fn(net, y), guidance_scale=scale, progress=False))
+    images = np.concatenate(images)
     save_npz(out_npz, images=images, labels=labels)
     image_grid(images[np.argsort(labels, kind="stable")], out_png, ncols=min(per_cluster, 10),
                max_images=100, title=f"SIDE samples, guidance scale {scale:g}")
