@@ -15,7 +15,7 @@ report: "workflow/report/workflow.rst"
 
 
 rule all:
+    default_target: True
     input:
         all_run_outputs(),
         "results/report.md",
-    default_target: True

@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 from snakemake.utils import min_version
@@ -18,8 +19,12 @@ except ConfigError as err:
 RUNS = runs(config)
 # guidance scales as path wildcards ("1", "3", "2.5"): one side_extract job per scale
 SIDE_SCALES = [f"{float(s):g}" for s in config["side"]["scales"]]
-RUN = "results/{dataset}/n{size}/seed{seed}"
-LOG = "logs/{dataset}/n{size}/seed{seed}"
+# Rule scripts import the diffmem library from src/: put it on PYTHONPATH for every job, so
+# jobs find it in a conda environment (--use-conda) or on a cluster node without an install.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    filter(None, [str(Path(workflow.basedir) / "src"), os.environ.get("PYTHONPATH")])
+)
+CONDA_ENV = "../workflow/envs/diffmem.yaml"
 
 
 wildcard_constraints:
@@ -35,11 +40,11 @@ def expand_runs(pattern):
 
 
 def all_run_outputs():
-    return (
-        expand_runs(RUN + "/audit/boundary.json")
-        + expand_runs(RUN + "/audit/reproductions.json")
-        + expand_runs(RUN + "/side/metrics.json")
-    )
+    return [
+        *expand_runs("results/{dataset}/n{size}/seed{seed}/audit/boundary.json"),
+        *expand_runs("results/{dataset}/n{size}/seed{seed}/audit/reproductions.json"),
+        *expand_runs("results/{dataset}/n{size}/seed{seed}/side/metrics.json"),
+    ]
 
 
 def gpu_resources():

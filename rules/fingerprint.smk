@@ -1,73 +1,81 @@
 rule train_fingerprint_classifiers:
     input:
-        train=RUN + "/data/train.npz",
-        target=RUN + "/data/target.npz",
-        target_json=RUN + "/data/target.json",
-        heldout=RUN + "/data/heldout.npz",
+        train="results/{dataset}/n{size}/seed{seed}/data/train.npz",
+        target="results/{dataset}/n{size}/seed{seed}/data/target.npz",
+        target_json="results/{dataset}/n{size}/seed{seed}/data/target.json",
+        heldout="results/{dataset}/n{size}/seed{seed}/data/heldout.npz",
     output:
-        c_saf=RUN + "/classifiers/c_saf.safetensors",
-        c_id=RUN + "/classifiers/c_id.safetensors",
-        metrics=RUN + "/classifiers/classifiers.json",
+        c_saf="results/{dataset}/n{size}/seed{seed}/classifiers/c_saf.safetensors",
+        c_id="results/{dataset}/n{size}/seed{seed}/classifiers/c_id.safetensors",
+        metrics="results/{dataset}/n{size}/seed{seed}/classifiers/classifiers.json",
     log:
-        LOG + "/train_fingerprint_classifiers.log",
+        "logs/{dataset}/n{size}/seed{seed}/train_fingerprint_classifiers.log",
+    conda:
+        CONDA_ENV
+    resources:
+        **gpu_resources(),
     params:
         classifiers=config["classifiers"],
         device=config.get("device", "auto"),
-    resources:
-        **gpu_resources(),
     script:
         "../workflow/scripts/train_fingerprint_classifiers.py"
 
 
 rule detect_reproductions:
     input:
-        samples=RUN + "/samples/samples.npz",
-        target=RUN + "/data/target.npz",
-        target_json=RUN + "/data/target.json",
-        c_saf=RUN + "/classifiers/c_saf.safetensors",
-        c_id=RUN + "/classifiers/c_id.safetensors",
-        metrics=RUN + "/classifiers/classifiers.json",
+        samples="results/{dataset}/n{size}/seed{seed}/samples/samples.npz",
+        target="results/{dataset}/n{size}/seed{seed}/data/target.npz",
+        target_json="results/{dataset}/n{size}/seed{seed}/data/target.json",
+        c_saf="results/{dataset}/n{size}/seed{seed}/classifiers/c_saf.safetensors",
+        c_id="results/{dataset}/n{size}/seed{seed}/classifiers/c_id.safetensors",
+        metrics="results/{dataset}/n{size}/seed{seed}/classifiers/classifiers.json",
     output:
-        csv=RUN + "/audit/reproductions.csv",
-        summary=RUN + "/audit/reproductions.json",
+        csv="results/{dataset}/n{size}/seed{seed}/audit/reproductions.csv",
+        summary="results/{dataset}/n{size}/seed{seed}/audit/reproductions.json",
         figure=report(
-            RUN + "/audit/reproductions.png",
+            "results/{dataset}/n{size}/seed{seed}/audit/reproductions.png",
             caption="../workflow/report/reproductions.rst",
             category="{dataset}",
             subcategory="n{size} seed{seed}",
             labels={"figure": "flagged samples"},
         ),
     log:
-        LOG + "/detect_reproductions.log",
+        "logs/{dataset}/n{size}/seed{seed}/detect_reproductions.log",
+    conda:
+        CONDA_ENV
+    resources:
+        **gpu_resources(),
     params:
         threshold=config["classifiers"].get("threshold", 0.5),
         device=config.get("device", "auto"),
-    resources:
-        **gpu_resources(),
     script:
         "../workflow/scripts/detect_reproductions.py"
 
 
 rule boundary_search:
     input:
-        weights=RUN + "/model/model.safetensors",
-        config=RUN + "/model/model_config.json",
-        target=RUN + "/data/target.npz",
-        c_saf=RUN + "/classifiers/c_saf.safetensors",
-        c_id=RUN + "/classifiers/c_id.safetensors",
-        metrics=RUN + "/classifiers/classifiers.json",
+        weights="results/{dataset}/n{size}/seed{seed}/model/model.safetensors",
+        config="results/{dataset}/n{size}/seed{seed}/model/model_config.json",
+        target="results/{dataset}/n{size}/seed{seed}/data/target.npz",
+        c_saf="results/{dataset}/n{size}/seed{seed}/classifiers/c_saf.safetensors",
+        c_id="results/{dataset}/n{size}/seed{seed}/classifiers/c_id.safetensors",
+        metrics="results/{dataset}/n{size}/seed{seed}/classifiers/classifiers.json",
     output:
-        csv=RUN + "/audit/boundary.csv",
-        summary=RUN + "/audit/boundary.json",
+        csv="results/{dataset}/n{size}/seed{seed}/audit/boundary.csv",
+        summary="results/{dataset}/n{size}/seed{seed}/audit/boundary.json",
         figure=report(
-            RUN + "/audit/boundary.png",
+            "results/{dataset}/n{size}/seed{seed}/audit/boundary.png",
             caption="../workflow/report/boundary.rst",
             category="{dataset}",
             subcategory="n{size} seed{seed}",
             labels={"figure": "boundary search"},
         ),
     log:
-        LOG + "/boundary_search.log",
+        "logs/{dataset}/n{size}/seed{seed}/boundary_search.log",
+    conda:
+        CONDA_ENV
+    resources:
+        **gpu_resources(),
     params:
         boundary=config["boundary"],
         threshold=config["classifiers"].get("threshold", 0.5),
@@ -75,17 +83,21 @@ rule boundary_search:
         steps=config["sample"]["steps"],
         bf16=config["sample"].get("bf16", True),
         device=config.get("device", "auto"),
-    resources:
-        **gpu_resources(),
     script:
         "../workflow/scripts/boundary_search.py"
 
 
 rule fingerprint_tables:
     input:
-        classifiers=expand_runs(RUN + "/classifiers/classifiers.json"),
-        detections=expand_runs(RUN + "/audit/reproductions.json"),
-        boundaries=expand_runs(RUN + "/audit/boundary.json"),
+        classifiers=expand_runs(
+            "results/{dataset}/n{size}/seed{seed}/classifiers/classifiers.json"
+        ),
+        detections=expand_runs(
+            "results/{dataset}/n{size}/seed{seed}/audit/reproductions.json"
+        ),
+        boundaries=expand_runs(
+            "results/{dataset}/n{size}/seed{seed}/audit/boundary.json"
+        ),
     output:
         table1_csv="results/fingerprint/table1_reproductions.csv",
         table1_md="results/fingerprint/table1_reproductions.md",
@@ -99,6 +111,8 @@ rule fingerprint_tables:
         ),
     log:
         "logs/fingerprint_tables.log",
+    conda:
+        CONDA_ENV
     params:
         runs=RUNS,
     script:

@@ -1,18 +1,20 @@
 rule surrogate_labels:
     input:
-        samples=RUN + "/samples/samples.npz",
+        samples="results/{dataset}/n{size}/seed{seed}/samples/samples.npz",
     output:
-        labels=RUN + "/side/labels.npz",
-        summary=RUN + "/side/labels.json",
+        labels="results/{dataset}/n{size}/seed{seed}/side/labels.npz",
+        summary="results/{dataset}/n{size}/seed{seed}/side/labels.json",
         grid=report(
-            RUN + "/side/clusters.png",
+            "results/{dataset}/n{size}/seed{seed}/side/clusters.png",
             caption="../workflow/report/side_clusters.rst",
             category="{dataset}",
             subcategory="n{size} seed{seed}",
             labels={"figure": "SIDE clusters"},
         ),
     log:
-        LOG + "/surrogate_labels.log",
+        "logs/{dataset}/n{size}/seed{seed}/surrogate_labels.log",
+    conda:
+        CONDA_ENV
     params:
         clusters=config["side"]["clusters"],
         pca_dims=config["side"].get("pca_dims", 32),
@@ -22,34 +24,40 @@ rule surrogate_labels:
 
 rule train_surrogate_classifier:
     input:
-        samples=RUN + "/samples/samples.npz",
-        labels=RUN + "/side/labels.npz",
-        config=RUN + "/model/model_config.json",
+        samples="results/{dataset}/n{size}/seed{seed}/samples/samples.npz",
+        labels="results/{dataset}/n{size}/seed{seed}/side/labels.npz",
+        config="results/{dataset}/n{size}/seed{seed}/model/model_config.json",
     output:
-        weights=RUN + "/side/classifier.safetensors",
-        metrics=RUN + "/side/classifier.json",
+        weights="results/{dataset}/n{size}/seed{seed}/side/classifier.safetensors",
+        metrics="results/{dataset}/n{size}/seed{seed}/side/classifier.json",
     log:
-        LOG + "/train_surrogate_classifier.log",
+        "logs/{dataset}/n{size}/seed{seed}/train_surrogate_classifier.log",
+    conda:
+        CONDA_ENV
+    resources:
+        **gpu_resources(),
     params:
         classifier=config["side"]["classifier"],
         device=config.get("device", "auto"),
-    resources:
-        **gpu_resources(),
     script:
         "../workflow/scripts/train_surrogate_classifier.py"
 
 
 rule side_extract:
     input:
-        weights=RUN + "/model/model.safetensors",
-        config=RUN + "/model/model_config.json",
-        clf=RUN + "/side/classifier.safetensors",
-        clf_json=RUN + "/side/classifier.json",
+        weights="results/{dataset}/n{size}/seed{seed}/model/model.safetensors",
+        config="results/{dataset}/n{size}/seed{seed}/model/model_config.json",
+        clf="results/{dataset}/n{size}/seed{seed}/side/classifier.safetensors",
+        clf_json="results/{dataset}/n{size}/seed{seed}/side/classifier.json",
     output:
-        samples=RUN + "/side/extract_s{scale}.npz",
-        grid=RUN + "/side/extract_s{scale}.png",
+        samples="results/{dataset}/n{size}/seed{seed}/side/extract_s{scale}.npz",
+        grid="results/{dataset}/n{size}/seed{seed}/side/extract_s{scale}.png",
     log:
-        LOG + "/side_extract_s{scale}.log",
+        "logs/{dataset}/n{size}/seed{seed}/side_extract_s{scale}.log",
+    conda:
+        CONDA_ENV
+    resources:
+        **gpu_resources(),
     params:
         per_cluster=config["side"]["per_cluster"],
         batch_size=config["side"].get("batch_size", 500),
@@ -58,43 +66,47 @@ rule side_extract:
         steps=config["sample"]["steps"],
         bf16=config["sample"].get("bf16", True),
         device=config.get("device", "auto"),
-    resources:
-        **gpu_resources(),
     script:
         "../workflow/scripts/side_extract.py"
 
 
 rule extraction_metrics:
     input:
-        train=RUN + "/data/train.npz",
-        baseline=RUN + "/samples/samples.npz",
-        side=expand(RUN + "/side/extract_s{scale}.npz", scale=SIDE_SCALES, allow_missing=True),
+        train="results/{dataset}/n{size}/seed{seed}/data/train.npz",
+        baseline="results/{dataset}/n{size}/seed{seed}/samples/samples.npz",
+        side=expand(
+            "results/{dataset}/n{size}/seed{seed}/side/extract_s{scale}.npz",
+            scale=SIDE_SCALES,
+            allow_missing=True,
+        ),
     output:
-        csv=RUN + "/side/metrics.csv",
-        summary=RUN + "/side/metrics.json",
+        csv="results/{dataset}/n{size}/seed{seed}/side/metrics.csv",
+        summary="results/{dataset}/n{size}/seed{seed}/side/metrics.json",
         pairs=report(
-            RUN + "/side/pairs.png",
+            "results/{dataset}/n{size}/seed{seed}/side/pairs.png",
             caption="../workflow/report/side_pairs.rst",
             category="{dataset}",
             subcategory="n{size} seed{seed}",
             labels={"figure": "SIDE extracted pairs"},
         ),
         hist=report(
-            RUN + "/side/nn_similarity.png",
+            "results/{dataset}/n{size}/seed{seed}/side/nn_similarity.png",
             caption="../workflow/report/side_hist.rst",
             category="{dataset}",
             subcategory="n{size} seed{seed}",
             labels={"figure": "nearest-neighbour similarity"},
         ),
         scales=report(
-            RUN + "/side/ams_ums_vs_scale.png",
+            "results/{dataset}/n{size}/seed{seed}/side/ams_ums_vs_scale.png",
             caption="../workflow/report/side_scales.rst",
             category="{dataset}",
             subcategory="n{size} seed{seed}",
             labels={"figure": "AMS/UMS vs guidance scale"},
         ),
     log:
-        LOG + "/extraction_metrics.log",
+        "logs/{dataset}/n{size}/seed{seed}/extraction_metrics.log",
+    conda:
+        CONDA_ENV
     params:
         scales=SIDE_SCALES,
         thresholds=config["side"]["thresholds"],
