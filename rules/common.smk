@@ -21,9 +21,8 @@ RUNS = runs(config)
 SIDE_SCALES = [f"{float(s):g}" for s in config["side"]["scales"]]
 # Rule scripts import the diffmem library from src/: put it on PYTHONPATH for every job, so
 # jobs find it in a conda environment (--use-conda) or on a cluster node without an install.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    filter(None, [str(Path(workflow.basedir) / "src"), os.environ.get("PYTHONPATH")])
-)
+_paths = [str(Path(workflow.basedir) / "src"), os.getenv("PYTHONPATH")]
+os.putenv("PYTHONPATH", os.pathsep.join(p for p in _paths if p))
 CONDA_ENV = "../workflow/envs/diffmem.yaml"
 
 

@@ -46,7 +46,7 @@ def workflow_copy(tmp_path: Path) -> Path:
     """A copy of the workflow (no results) to run Snakemake in isolation."""
     dst = tmp_path / "wf"
     dst.mkdir()
-    for name in ("Snakefile", "config.yaml", "rules", "workflow"):
+    for name in ("Snakefile", "config.yaml", "rules", "workflow", "src"):
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst / name)
     return dst
@@ -62,3 +62,14 @@ def snakemake(workdir: Path, *args: str, config: Path | None = None, check: bool
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+@pytest.fixture(scope="session")
+def finished(tmp_path_factory, data_root):
+    """One complete local run of the test config, shared by the workflow and SLURM tests."""
+    wf = workflow_copy(tmp_path_factory.mktemp("run"))
+    cfg = yaml.safe_load(TEST_CONFIG.read_text())
+    cfg["data_root"] = str(data_root)
+    (wf / "test.yaml").write_text(yaml.safe_dump(cfg))
+    snakemake(wf, config=wf / "test.yaml")
+    return wf

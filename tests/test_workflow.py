@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 import numpy as np
-import pytest
 import yaml
 
 from .conftest import TEST_CONFIG, snakemake, workflow_copy
@@ -42,17 +41,6 @@ def scheduled(proc) -> dict[str, int]:
         if m and m.group(1) != "total":
             jobs[m.group(1)] = int(m.group(2))
     return jobs
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory, data_root):
-    """One complete run of the test config, shared by the tests below."""
-    wf = workflow_copy(tmp_path_factory.mktemp("run"))
-    cfg = yaml.safe_load(TEST_CONFIG.read_text())
-    cfg["data_root"] = str(data_root)
-    (wf / "test.yaml").write_text(yaml.safe_dump(cfg))
-    snakemake(wf, config=wf / "test.yaml")
-    return wf
 
 
 def test_every_output_and_the_report(finished):
@@ -126,3 +114,30 @@ def test_missing_data_offline_names_the_path(tmp_path):
     assert f"MedMNIST file not found: {tmp_path / 'nowhere' / 'breastmnist.npz'}" in out
     assert "zenodo.org" in out
     assert not (wf / "results/breastmnist/n64/seed0/data/train.npz").exists()
+
+
+def dry_run_with(finished, tmp_name, change):
+    cfg = yaml.safe_load((finished / "test.yaml").read_text())
+    change(cfg)
+    (finished / tmp_name).write_text(yaml.safe_dump(cfg))
+    return scheduled(snakemake(finished, "-n", config=finished / tmp_name))
+
+
+def test_a_report_setting_reruns_only_the_report(finished):
+    jobs = dry_run_with(finished, "r.yaml",
+                        lambda c: c.setdefault("report", {}).update(title="another title"))
+    assert set(jobs) == {"report", "all"}
+
+
+def test_a_training_setting_reruns_training_and_everything_after(finished):
+    jobs = dry_run_with(finished, "t.yaml", lambda c: c["train"].update(learning_rate=0.001))
+    assert {"train_dpm", "sample", "boundary_search", "detect_reproductions", "side_extract",
+            "extraction_metrics", "report"} <= set(jobs)
+    assert "prepare_data" not in jobs and "train_fingerprint_classifiers" not in jobs
+
+
+def test_a_new_size_adds_only_its_own_jobs(finished):
+    jobs = dry_run_with(finished, "n.yaml", lambda c: c.update(train_sizes=[64, 32]))
+    assert jobs["prepare_data"] == 1 and jobs["train_dpm"] == 1 and jobs["sample"] == 1
+    # the summary rules see one more input; nothing of the N = 64 run reruns
+    assert jobs.get("train_fingerprint_classifiers") == 1 and jobs.get("side_extract") == 2

@@ -1,0 +1,73 @@
+"""The small test config through a real single-node SLURM cluster (tests/slurm/start.sh).
+
+Skipped, with the reason, only where the cluster cannot be started (not root, no apt-get, or the
+daemons fail); CI runs as root and starts it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from diffmem.io import load_safetensors
+
+from .conftest import ROOT, workflow_copy
+
+RUN = "results/breastmnist/n64/seed0"
+GPU_RULES = ["train_dpm", "sample", "train_fingerprint_classifiers", "detect_reproductions",
+             "boundary_search", "train_surrogate_classifier", "side_extract"]
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("a SLURM test cluster needs root and apt-get (Debian) on this machine")
+    start = subprocess.run(["bash", str(ROOT / "tests/slurm/start.sh")], capture_output=True,
+                           text=True, timeout=600)
+    if start.returncode != 0:
+        pytest.skip(f"SLURM could not be started: {start.stderr.strip()[-500:]}")
+    yield
+    subprocess.run(["bash", str(ROOT / "tests/slurm/stop.sh")], timeout=60)
+
+
+def test_slurm_run_submits_jobs_and_matches_the_local_run(slurm_cluster, finished, tmp_path):
+    wf = workflow_copy(tmp_path)
+    shutil.copy(finished / "test.yaml", wf / "test.yaml")
+    # the profile's site values (32 GB, 8 CPUs for training) do not fit this 2-core node
+    small = [f"{rule}:{key}={value}" for rule in GPU_RULES
+             for key, value in (("mem_mb", 1500), ("cpus_per_task", 1))]
+    targets = [f"{RUN}/data/train.npz", f"{RUN}/model/model.safetensors",
+               f"{RUN}/samples/samples.npz"]
+    cmd = ["timeout", "-s", "INT", "900", sys.executable, "-m", "snakemake",
+           "--workflow-profile", "workflow/profiles/slurm", "--configfile", "test.yaml",
+           "--slurm-no-account", "--slurm-status-command", "squeue",
+           "--slurm-init-seconds-before-status-checks", "1",
+           "--default-resources", "mem_mb=1000", "cpus_per_task=1", "slurm_partition=cpu",
+           "runtime=30", "--set-resources", *small, "--", *targets]
+    proc = subprocess.run(cmd, cwd=wf, capture_output=True, text=True, timeout=960)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    job_ids = re.findall(r"submitted with SLURM jobid (\d+)", out)
+    assert len(job_ids) == 3, out[-3000:]  # prepare_data, train_dpm, sample
+    gpu_submissions = re.findall(r"rule_(train_dpm|sample)/", out)
+    assert set(gpu_submissions) == {"train_dpm", "sample"}
+    # the same outputs as the local run
+    assert (wf / RUN / "data/train.npz").read_bytes() == \
+        (finished / RUN / "data/train.npz").read_bytes()
+    w_slurm, _ = load_safetensors(wf / RUN / "model/model.safetensors")
+    w_local, _ = load_safetensors(finished / RUN / "model/model.safetensors")
+    for k in w_local:
+        np.testing.assert_allclose(w_slurm[k].numpy(), w_local[k].numpy(), atol=1e-4)
+    s_slurm = np.load(wf / RUN / "samples/samples.npz")["images"]
+    s_local = np.load(finished / RUN / "samples/samples.npz")["images"]
+    assert s_slurm.shape == s_local.shape
+    assert np.abs(s_slurm.astype(int) - s_local.astype(int)).max() <= 2
+    cfg = yaml.safe_load((ROOT / "workflow/profiles/slurm/config.yaml").read_text())
+    assert cfg["executor"] == "slurm"
