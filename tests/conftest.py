@@ -54,10 +54,11 @@ def workflow_copy(tmp_path: Path) -> Path:
 
 def snakemake(workdir: Path, *args: str, config: Path | None = None, check: bool = True,
               timeout: int = 600) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--workflow-profile", "none"]
-    if config is not None:
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--workflow-profile", "none",
+           *args]
+    if config is not None:  # last: --configfile takes several values and would eat targets
         cmd += ["--configfile", str(config)]
-    proc = subprocess.run(cmd + list(args), cwd=workdir, capture_output=True, text=True,
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True,
                           timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")

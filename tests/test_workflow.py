@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pandas as pd
 import yaml
 
 from .conftest import TEST_CONFIG, snakemake, workflow_copy
@@ -141,3 +142,39 @@ def test_a_new_size_adds_only_its_own_jobs(finished):
     assert jobs["prepare_data"] == 1 and jobs["train_dpm"] == 1 and jobs["sample"] == 1
     # the summary rules see one more input; nothing of the N = 64 run reruns
     assert jobs.get("train_fingerprint_classifiers") == 1 and jobs.get("side_extract") == 2
+
+
+def test_training_killed_mid_run_resumes_on_the_next_run(tmp_path, data_root):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    wf = workflow_copy(tmp_path)
+    cfg = yaml.safe_load(TEST_CONFIG.read_text())
+    cfg["data_root"] = str(data_root)
+    cfg["train"].update(steps=400, checkpoint_every=20, log_every=10)
+    (wf / "k.yaml").write_text(yaml.safe_dump(cfg))
+    target = f"{RUN}/model/model.safetensors"
+    cmd = [sys.executable, "-m", "snakemake", target, "--cores", "2", "--workflow-profile",
+           "none", "--configfile", "k.yaml"]
+    proc = subprocess.Popen(cmd, cwd=wf, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    ckpts = wf / RUN / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(ckpts.glob("step_*"))) < 2:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole job dies, as on a node failure
+    proc.wait()
+    done = sorted(ckpts.glob("step_*"))
+    assert done, "no checkpoint was written before the kill"
+    assert not (wf / target).exists(), "a killed job must not leave finished-looking weights"
+    snakemake(wf, "--unlock", config=wf / "k.yaml")  # a killed Snakemake leaves its lock
+    snakemake(wf, "--rerun-incomplete", target, config=wf / "k.yaml")
+    meta = json.loads((wf / RUN / "model/model_config.json").read_text())
+    assert meta["train"]["resumed_from"] >= 20  # the step count continued
+    steps = pd.read_csv(wf / RUN / "model/loss.csv")["step"].tolist()
+    assert steps == list(range(10, 401, 10))
+    assert not ckpts.exists()
