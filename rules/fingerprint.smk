@@ -99,9 +99,19 @@ rule fingerprint_tables:
             "results/{dataset}/n{size}/seed{seed}/audit/boundary.json"
         ),
     output:
-        table1_csv="results/fingerprint/table1_reproductions.csv",
+        table1_csv=report(
+            "results/fingerprint/table1_reproductions.csv",
+            caption="../workflow/report/table1.rst",
+            category="summary",
+            labels={"table": "Table 1: reproductions vs N"},
+        ),
         table1_md="results/fingerprint/table1_reproductions.md",
-        table2_csv="results/fingerprint/table2_datasets.csv",
+        table2_csv=report(
+            "results/fingerprint/table2_datasets.csv",
+            caption="../workflow/report/table2.rst",
+            category="summary",
+            labels={"table": "Table 2: per dataset"},
+        ),
         table2_md="results/fingerprint/table2_datasets.md",
         figure=report(
             "results/fingerprint/reproductions_rho_vs_n.png",

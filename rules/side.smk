@@ -51,7 +51,13 @@ rule side_extract:
         clf_json="results/{dataset}/n{size}/seed{seed}/side/classifier.json",
     output:
         samples="results/{dataset}/n{size}/seed{seed}/side/extract_s{scale}.npz",
-        grid="results/{dataset}/n{size}/seed{seed}/side/extract_s{scale}.png",
+        grid=report(
+            "results/{dataset}/n{size}/seed{seed}/side/extract_s{scale}.png",
+            caption="../workflow/report/side_extract.rst",
+            category="{dataset}",
+            subcategory="n{size} seed{seed}",
+            labels={"figure": "SIDE samples, scale {scale}"},
+        ),
     log:
         "logs/{dataset}/n{size}/seed{seed}/side_extract_s{scale}.log",
     conda:
@@ -80,7 +86,13 @@ rule extraction_metrics:
             allow_missing=True,
         ),
     output:
-        csv="results/{dataset}/n{size}/seed{seed}/side/metrics.csv",
+        csv=report(
+            "results/{dataset}/n{size}/seed{seed}/side/metrics.csv",
+            caption="../workflow/report/side_metrics.rst",
+            category="{dataset}",
+            subcategory="n{size} seed{seed}",
+            labels={"table": "SIDE vs plain sampling"},
+        ),
         summary="results/{dataset}/n{size}/seed{seed}/side/metrics.json",
         pairs=report(
             "results/{dataset}/n{size}/seed{seed}/side/pairs.png",

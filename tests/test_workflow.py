@@ -91,6 +91,9 @@ def test_html_report(finished):
     snakemake(finished, "--report", "report.html", config=finished / "test.yaml")
     html = (finished / "report.html").read_text(errors="replace")
     assert len(html) > 10_000 and "fingerprinted target" in html
+    for label in ("Table 1: reproductions vs N", "Table 2: per dataset", "boundary search",
+                  "SIDE vs plain sampling", "SIDE samples, scale 4", "AMS/UMS vs guidance scale"):
+        assert label in html, label
 
 
 def test_bad_config_key_stops_before_any_job(tmp_path):
