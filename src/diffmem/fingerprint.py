@@ -9,20 +9,16 @@ import pandas as pd
 import torch
 
 from .audit import binomial_p_values, boundary_search, classify
-from .classifier import as_nchw_uint8, build_resnet, normalise
+from .classifier import as_nchw_uint8, load_classifier, normalise
 from .diffusion import NoiseProcess, load_model, resolve_device, reverse
 from .figures import plt
-from .io import atomic_path, load_json, load_npz, load_safetensors, save_figure, save_json
+from .io import atomic_path, load_json, load_npz, save_figure, save_json
 
 
 def load_pair(saf_w: str, id_w: str, meta_path: str, dev) -> tuple[list, dict]:
-    meta = load_json(meta_path)
-    nets = []
-    for w in (saf_w, id_w):
-        net = build_resnet(meta["depth"], meta["in_channels"], meta.get("num_classes", 1))
-        net.load_state_dict(load_safetensors(w)[0])
-        nets.append(net.to(dev).eval())
-    return nets, meta
+    """C_SAF and C_ID (weights) with their shared metadata JSON."""
+    nets = [load_classifier(w, meta_path, dev)[0] for w in (saf_w, id_w)]
+    return nets, load_json(meta_path)
 
 
 def _csv(df: pd.DataFrame, path: str) -> None:
