@@ -93,3 +93,35 @@ def test_command_line_strings_are_coerced_where_the_schema_wants_scalars(default
 def test_baseline_needs_as_many_samples_as_side(default):
     default["sample"]["num_samples"] = 500
     bad(default, "sample.num_samples: 500 is below side.clusters x side.per_cluster = 1000")
+
+
+def test_sub_vp_settings(default):
+    default["diffusion"]["process"] = "subvp"
+    default["sample"]["sampler"] = "euler_maruyama"
+    check_config(default, SCHEMA)
+    default["diffusion"]["beta_min"] = 30.0
+    bad(default, "config error at diffusion.beta_min: 30.0 must be below beta_max 20.0")
+
+
+def test_euler_maruyama_needs_the_sub_vp_process(default):
+    default["sample"]["sampler"] = "euler_maruyama"
+    bad(default, "config error at sample.sampler: 'euler_maruyama' integrates the sub-VP SDE")
+    default["diffusion"]["process"] = "vp"
+    bad(default, "config error at diffusion.process: value 'vp' is invalid")
+
+
+def test_paper_config_is_the_papers_study():
+    """workflow/configs/paper.yaml: PathMNIST 1k-50k plus Table 2's six sets on their whole
+    training splits, sub-VP SDE, 30k steps, 150k samples."""
+    paper = yaml.safe_load((ROOT / "workflow/configs/paper.yaml").read_text())
+    got = runs(check_config(paper, SCHEMA))
+    path_sizes = sorted(n for d, n, _ in got if d == "pathmnist")
+    assert path_sizes[0] == 1000 and path_sizes[-1] == 50000
+    whole = {d: n for d, n, _ in got if d != "pathmnist"}
+    assert whole == {"breastmnist": 546, "retinamnist": 1080, "pneumoniamnist": 4708,
+                     "bloodmnist": 11959, "organsmnist": 13932, "chestmnist": 78468}
+    assert paper["diffusion"]["process"] == "subvp"
+    assert paper["sample"]["sampler"] == "euler_maruyama"
+    assert paper["train"]["steps"] == 30000 and paper["sample"]["num_samples"] == 150000
+    assert paper["classifiers"]["depth"] == 50
+    assert paper["boundary"]["trajectories"] == 16 and paper["boundary"]["t_step"] == 10

@@ -113,9 +113,10 @@ def test_guidance_moves_samples_toward_the_class(target, sign):
     assert sign * shift > 5, shift  # uint8 units; class 0 wants brighter, class 1 darker
 
 
-def test_time_classifier_learns_separable_clusters():
+@pytest.mark.parametrize("kind", ["ddpm", "subvp"])
+def test_time_classifier_learns_separable_clusters(kind):
     images, truth = blobs(per=40)
-    process = NoiseProcess(num_train_timesteps=100)
+    process = NoiseProcess(num_train_timesteps=100, kind=kind)
     cfg = {"block_out_channels": [16, 32], "layers_per_block": 1, "norm_num_groups": 8,
            "steps": 60, "batch_size": 32, "learning_rate": 2e-3}
     net, metrics = train_time_classifier(images, truth, process, cfg, seed=0, device="cpu",

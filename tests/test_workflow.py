@@ -120,6 +120,14 @@ def test_missing_data_offline_names_the_path(tmp_path):
     assert not (wf / "results/breastmnist/n64/seed0/data/train.npz").exists()
 
 
+def test_paper_config_plans_the_papers_study(tmp_path):
+    """A dry run of workflow/configs/paper.yaml plans every model of Tables 1 and 2 (12 runs)."""
+    wf = workflow_copy(tmp_path)
+    jobs = scheduled(snakemake(wf, "-n", config=wf / "workflow/configs/paper.yaml"))
+    assert jobs["train_dpm"] == jobs["sample"] == jobs["boundary_search"] == 12
+    assert jobs["side_extract"] == 12 * 3 and jobs["fingerprint_tables"] == 1
+
+
 def dry_run_with(finished, tmp_name, change):
     cfg = yaml.safe_load((finished / "test.yaml").read_text())
     change(cfg)

@@ -141,6 +141,13 @@ def _cross_checks(config: dict) -> None:
         raise ConfigError(f"config error at model.norm_num_groups: {groups} does not divide "
                           f"block_out_channels {odd}")
     diff = config["diffusion"]
+    if diff.get("beta_min", 0.1) >= diff.get("beta_max", 20.0):
+        raise ConfigError(f"config error at diffusion.beta_min: {diff.get('beta_min')} must "
+                          f"be below beta_max {diff.get('beta_max')}")
+    if config["sample"]["sampler"] == "euler_maruyama" and diff.get("process") != "subvp":
+        raise ConfigError("config error at sample.sampler: 'euler_maruyama' integrates the "
+                          "sub-VP SDE and needs diffusion.process: subvp; a DDPM model samples "
+                          "with ddpm or ddim")
     if diff.get("beta_start", 1e-4) >= diff.get("beta_end", 0.02):
         raise ConfigError(f"config error at diffusion.beta_start: {diff.get('beta_start')} must "
                           f"be below beta_end {diff.get('beta_end')}")

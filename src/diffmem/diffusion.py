@@ -1,19 +1,21 @@
 """The noise process, the denoiser and the one reverse-process sampler used everywhere.
 
-* :class:`NoiseProcess` wraps diffusers' ``DDPMScheduler`` (the forward process q(x_t | x_0)
-  and its ᾱ_t). Training, sampling, the boundary search and SIDE guidance all ask this object.
+* :class:`NoiseProcess` is the forward process q(x_t | x_0): the DDPM chain of diffusers'
+  ``DDPMScheduler`` or the sub-VP SDE of Song et al. 2021. Training, sampling, the boundary
+  search and SIDE guidance all ask this object.
 * :func:`build_unet` / :func:`save_model` / :func:`load_model`: a ``diffusers.UNet2DModel`` with
   its config saved next to safetensors weights, so the file pair alone says what it is.
 * :func:`reverse` runs the learned reverse process for a batch in which every trajectory may
   start at its own step t (plain sampling starts all at the first grid step; the boundary search
   starts from x_SAF noised to many t at once) and may be steered by a guidance gradient (SIDE).
 
-diffusers' ``scheduler.step`` accepts one scalar timestep per call, so the update formulas of
-``DDPMScheduler.step`` (variance "fixed_small") and ``DDIMScheduler.step`` (η = 0, clipped-x_0
-ε) are written
-here once more in vectorised form over per-sample timesteps; the timestep grids come from the
+diffusers' ``scheduler.step`` accepts one scalar timestep per call (and knows no sub-VP SDE), so
+the update formulas of ``DDPMScheduler.step`` (variance "fixed_small") and ``DDIMScheduler.step``
+(η = 0, clipped-x_0 ε) are written here once more in vectorised form over per-sample timesteps
+and in terms of (m_t, σ_t), so they hold for both processes; the DDPM/DDIM grids come from the
 diffusers schedulers' own ``set_timesteps``, and ``tests/test_diffusion.py`` checks that for a
-common timestep both steps equal diffusers' to float precision.
+common timestep both steps equal diffusers' to float precision, and that every sampler of both
+processes draws from the right distribution for a denoiser with a known exact answer.
 """
 
 from __future__ import annotations
@@ -29,7 +31,10 @@ import torch
 
 from .io import atomic_path, load_safetensors, save_safetensors
 
-SAMPLERS = ("ddpm", "ddim")
+PROCESSES = ("ddpm", "subvp")
+SAMPLERS = ("ddpm", "ddim", "euler_maruyama")
+# score_sde (Song et al. 2021, configs/subvp/*_continuous.py): training draws τ ~ U(1e-5, 1)
+SUBVP_TRAIN_EPS = 1e-5
 
 
 def resolve_device(requested: str = "auto") -> torch.device:
@@ -45,23 +50,48 @@ def resolve_device(requested: str = "auto") -> torch.device:
 
 @dataclass(frozen=True)
 class NoiseProcess:
-    """DDPM forward process with a β schedule; ``alphas_cumprod[t]`` is ᾱ_t for t = 0..T-1."""
+    """The forward process q(x_t | x_0) = N(m_t x_0, σ_t² I) on a grid of T steps t = 0..T-1.
+
+    ``kind="ddpm"``: the discrete DDPM chain of diffusers' ``DDPMScheduler`` (β schedule
+    ``beta_schedule`` from ``beta_start`` to ``beta_end``): m_t = sqrt(ᾱ_t), σ_t = sqrt(1-ᾱ_t).
+
+    ``kind="subvp"``: the sub-VP SDE of Song et al. 2021 (the fingerprinting paper's setting),
+    dx = -½β(τ)x dτ + sqrt(β(τ)(1 - e^{-2∫β})) dw with β(τ) = β_min + τ(β_max - β_min),
+    τ ∈ (0, 1]; m(τ) = e^{-½∫β}, σ(τ) = 1 - e^{-∫β} (score_sde's ``subVPSDE.marginal_prob``).
+    Step t of the grid is τ_t = (t+1)/T, so with T = 1000 the grid runs from score_sde's
+    sampling ε = 1e-3 to 1. The network's time input is (T-1)·τ, score_sde's label for
+    continuous VP/sub-VP models; training draws τ continuously (:meth:`training_inputs`).
+
+    Both are linear SDEs with Gaussian marginals, so one set of reverse steps serves both
+    (see :func:`reverse`); every stage asks this object for m_t, σ_t and time labels.
+    """
 
     num_train_timesteps: int = 1000
     beta_schedule: str = "linear"
     beta_start: float = 1e-4
     beta_end: float = 0.02
+    kind: str = "ddpm"
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+
+    def __post_init__(self):
+        if self.kind not in PROCESSES:
+            raise ValueError(f"unknown diffusion process {self.kind!r}; expected one of "
+                             f"{PROCESSES}")
 
     @classmethod
     def from_config(cls, cfg: dict) -> NoiseProcess:
         return cls(int(cfg["num_train_timesteps"]), cfg.get("beta_schedule", "linear"),
-                   float(cfg.get("beta_start", 1e-4)), float(cfg.get("beta_end", 0.02)))
+                   float(cfg.get("beta_start", 1e-4)), float(cfg.get("beta_end", 0.02)),
+                   cfg.get("process", "ddpm"), float(cfg.get("beta_min", 0.1)),
+                   float(cfg.get("beta_max", 20.0)))
 
     @property
     def T(self) -> int:
         return self.num_train_timesteps
 
     def scheduler(self, sampler: str = "ddpm"):
+        """The diffusers scheduler whose grid (and, for DDPM, whose ᾱ_t) this process uses."""
         from diffusers import DDIMScheduler, DDPMScheduler
 
         kw = dict(num_train_timesteps=self.T, beta_schedule=self.beta_schedule,
@@ -70,13 +100,61 @@ class NoiseProcess:
             return DDPMScheduler(variance_type="fixed_small", **kw)
         if sampler == "ddim":
             return DDIMScheduler(set_alpha_to_one=True, **kw)
-        raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
+        raise ValueError(f"sampler {sampler!r} has no diffusers scheduler; expected ddpm or ddim")
+
+    # --- continuous time (sub-VP) ---------------------------------------------------------
+    def tau(self, t):
+        """Continuous time τ_t = (t+1)/T of grid step t (tensor or array)."""
+        return (t + 1) / self.T
+
+    def _integral_beta(self, tau):
+        return self.beta_min * tau + 0.5 * (self.beta_max - self.beta_min) * tau ** 2
+
+    def subvp_marginal(self, tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(m(τ), σ(τ)) of the sub-VP SDE."""
+        b = self._integral_beta(tau)
+        return torch.exp(-0.5 * b), -torch.expm1(-b)
+
+    def subvp_sde(self, tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(β(τ), g(τ)²): drift -½β(τ)x and squared diffusion of the sub-VP SDE."""
+        beta = self.beta_min + tau * (self.beta_max - self.beta_min)
+        return beta, beta * -torch.expm1(-2 * self._integral_beta(tau))
+
+    # --- the grid ---------------------------------------------------------------------------
+    def coefficients64(self, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(m_t, σ_t) for t = 0..T-1 in float64."""
+        if self.kind == "ddpm":
+            acp = self.scheduler("ddpm").alphas_cumprod.double()
+            m, s = acp.sqrt(), (1 - acp).sqrt()
+        else:
+            m, s = self.subvp_marginal(self.tau(torch.arange(self.T, dtype=torch.float64)))
+        return m.to(device), s.to(device)
+
+    def coefficients(self, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(m_t, σ_t) for t = 0..T-1 as float32."""
+        m, s = self.coefficients64(device)
+        return m.float(), s.float()
 
     def alphas_cumprod(self, device=None) -> torch.Tensor:
-        return self.scheduler("ddpm").alphas_cumprod.to(device=device, dtype=torch.float32)
+        """m_t² (ᾱ_t for DDPM)."""
+        return self.coefficients(device)[0] ** 2
+
+    def model_time(self, t: torch.Tensor) -> torch.Tensor:
+        """The denoiser's (and the guidance classifier's) time input for grid step t."""
+        if self.kind == "ddpm":
+            return t
+        return (self.T - 1) * self.tau(t.double()).float()
 
     def timestep_grid(self, sampler: str, steps: int) -> np.ndarray:
-        """Descending timesteps of the reverse process (diffusers' own spacing)."""
+        """Descending grid steps of the reverse process.
+
+        ``ddpm``/``ddim``: the diffusers schedulers' own spacing. ``euler_maruyama``: evenly
+        spaced from T-1 down to 0, i.e. τ from 1 to 1/T, as score_sde's
+        ``linspace(T, eps, N)``.
+        """
+        if sampler == "euler_maruyama":
+            grid = np.round(np.linspace(self.T - 1, 0, min(steps, self.T))).astype(np.int64)
+            return np.unique(grid)[::-1].copy()
         sch = self.scheduler(sampler)
         if sampler == "ddpm" and steps >= self.T:
             return np.asarray(sch.timesteps, dtype=np.int64)
@@ -84,11 +162,35 @@ class NoiseProcess:
         return np.asarray(sch.timesteps, dtype=np.int64)
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
-                  acp: torch.Tensor | None = None) -> torch.Tensor:
-        """x_t = sqrt(ᾱ_t) x_0 + sqrt(1-ᾱ_t) ε (same as ``DDPMScheduler.add_noise``)."""
-        acp = self.alphas_cumprod(x0.device) if acp is None else acp
-        a = acp[t].view(-1, *([1] * (x0.dim() - 1)))
-        return a.sqrt() * x0 + (1 - a).sqrt() * noise
+                  coef: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """x_t = m_t x_0 + σ_t ε (for DDPM the same as ``DDPMScheduler.add_noise``)."""
+        m, s = self.coefficients(x0.device) if coef is None else coef
+        shape = (-1, *([1] * (x0.dim() - 1)))
+        return m[t].view(shape) * x0 + s[t].view(shape) * noise
+
+    def training_inputs(self, x0: torch.Tensor, noise: torch.Tensor, generator,
+                        coef: tuple[torch.Tensor, torch.Tensor] | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_t, time input) for one ε-prediction training batch.
+
+        DDPM: t uniform on the T steps. Sub-VP: τ ~ U(1e-5, 1), continuous, as score_sde's
+        ``get_sde_loss_fn``; its loss ‖σ s_θ + z‖² with s_θ = -ε_θ/σ is the ε-MSE used here.
+        """
+        shape = (-1, *([1] * (x0.dim() - 1)))
+        if self.kind == "ddpm":
+            t = torch.randint(self.T, (x0.shape[0],), generator=generator, device=x0.device)
+            return self.add_noise(x0, noise, t, coef), t
+        u = torch.rand((x0.shape[0],), generator=generator, device=x0.device)
+        tau = u * (1 - SUBVP_TRAIN_EPS) + SUBVP_TRAIN_EPS
+        m, s = self.subvp_marginal(tau)
+        return m.view(shape) * x0 + s.view(shape) * noise, (self.T - 1) * tau
+
+    def check_sampler(self, sampler: str) -> None:
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
+        if sampler == "euler_maruyama" and self.kind != "subvp":
+            raise ValueError("sampler 'euler_maruyama' integrates the sub-VP SDE; it needs "
+                             "diffusion.process: subvp (use ddpm or ddim for a DDPM model)")
 
 
 # ----------------------------------------------------------------------------- the denoiser
@@ -166,19 +268,34 @@ def reverse(model, process: NoiseProcess, x: torch.Tensor, t_start, *, sampler: 
             autocast: bool = False, max_batch: int | None = None) -> torch.Tensor:
     """Run the reverse process from ``x`` (B, C, H, W) at per-sample steps ``t_start`` to x_0.
 
-    ``guidance(x_t, t)`` returns ∇_{x_t} log p(y | x_t, t); the noise prediction is then shifted
-    as in classifier guidance (Dhariwal & Nichol 2021): ε̃ = ε − s·sqrt(1−ᾱ_t)·∇ log p.
-    Returns x_0 clipped to [-1, 1], on ``x``'s device.
+    Each step goes from grid step t to the next lower one s (or to x_0 after the last), with
+    x̂_0 = (x_t - σ_t ε)/m_t clipped to [-1, 1]:
+
+    * ``ddim`` (η = 0): x_s = m_s x̂_0 + σ_s ε̂, ε̂ re-derived from the clipped x̂_0. For the
+      sub-VP process this is the first-order exponential integrator of its probability-flow
+      ODE (DPM-Solver-1), which DDIM is for any linear SDE.
+    * ``ddpm``: ancestral step, the exact posterior q(x_s | x_t, x̂_0) of the forward chain
+      restricted to the grid; for the DDPM process equal to ``DDPMScheduler.step``
+      ("fixed_small").
+    * ``euler_maruyama``: score_sde's predictor for the reverse sub-VP SDE,
+      x ← x + (f(x, τ) - g(τ)² ∇log p) Δτ + g(τ) sqrt(|Δτ|) z with ∇log p = -ε/σ; the last
+      step returns x̂_0 (Tweedie), where score_sde returns the noise-free mean at τ = ε.
+
+    ``guidance(x_t, time)`` (``time`` = :meth:`NoiseProcess.model_time`) returns
+    ∇_{x_t} log p(y | x_t, t); the noise prediction is then shifted as in classifier guidance
+    (Dhariwal & Nichol 2021): ε̃ = ε − s·σ_t·∇ log p. Returns x_0 clipped to [-1, 1], on
+    ``x``'s device.
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
+    process.check_sampler(sampler)
     device = x.device
     t_start = np.broadcast_to(np.asarray(t_start, dtype=np.int64), (x.shape[0],))
     grid = process.timestep_grid(sampler, steps)
     seq = torch.as_tensor(start_sequences(grid, t_start), device=device)
     prev = _pad_prev(seq)
-    acp = process.alphas_cumprod(device)
-    one = torch.ones((), device=device)
+    # step coefficients in float64 (small DDPM βs cancel in float32), applied in float32
+    m_all, s_all = (c.double() for c in process.coefficients64(device))
+    one = torch.ones((), device=device, dtype=torch.float64)
+    zero = torch.zeros((), device=device, dtype=torch.float64)
     x = x.clone().float()
     for k in range(seq.shape[1]):
         active = seq[:, k] >= 0
@@ -186,27 +303,40 @@ def reverse(model, process: NoiseProcess, x: torch.Tensor, t_start, *, sampler: 
         xs = x if idx is None else x[idx]
         t = seq[:, k] if idx is None else seq[idx, k]
         tp = prev[:, k] if idx is None else prev[idx, k]
-        eps = _predict_eps(model, xs, t, autocast, max_batch)
-        a_t = acp[t].view(-1, 1, 1, 1)
+        time = process.model_time(t)
+        eps = _predict_eps(model, xs, time, autocast, max_batch)
+        m_t, s_t = m_all[t].view(-1, 1, 1, 1), s_all[t].view(-1, 1, 1, 1)
         if guidance is not None and guidance_scale != 0.0:
             with torch.enable_grad():
-                grad = guidance(xs, t)
-            eps = eps - guidance_scale * (1 - a_t).sqrt() * grad
-        a_prev = torch.where(tp >= 0, acp[tp.clamp(min=0)], one).view(-1, 1, 1, 1)
-        x0 = ((xs - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1, 1)
+                grad = guidance(xs, time)
+            eps = eps - guidance_scale * s_t.float() * grad
+        last = (tp < 0).view(-1, 1, 1, 1)
+        m_s = torch.where(tp >= 0, m_all[tp.clamp(min=0)], one).view(-1, 1, 1, 1)
+        s_s = torch.where(tp >= 0, s_all[tp.clamp(min=0)], zero).view(-1, 1, 1, 1)
+        x0 = ((xs - s_t.float() * eps) / m_t.float()).clamp(-1, 1)
         if sampler == "ddim":
             # η = 0, with ε re-derived from the clipped x_0 as guided-diffusion's ddim_sample does
             # (diffusers' use_clipped_model_output=True). diffusers' default keeps the raw ε;
             # under strong guidance x_0 clips while ε keeps moving and the step goes the wrong way.
-            eps = (xs - a_t.sqrt() * x0) / (1 - a_t).sqrt()
-            xs = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
-        else:
-            beta = 1 - a_t / a_prev
-            mean = (a_prev.sqrt() * beta / (1 - a_t)) * x0 + \
-                   ((1 - beta).sqrt() * (1 - a_prev) / (1 - a_t)) * xs
-            var = ((1 - a_prev) / (1 - a_t) * beta).clamp(min=1e-20)
+            eps = (xs - m_t.float() * x0) / s_t.float()
+            xs = m_s.float() * x0 + s_s.float() * eps
+        elif sampler == "ddpm":
+            a = m_t / m_s  # q(x_t | x_s) = N(a x_s, var_ts I)
+            var_ts = s_t ** 2 - a ** 2 * s_s ** 2
+            c_x = (a * s_s ** 2 / s_t ** 2).float()
+            c_0 = (m_s * var_ts / s_t ** 2).float()
+            sd = (var_ts * s_s ** 2 / s_t ** 2).clamp(min=1e-20).sqrt().float()
             noise = torch.randn(xs.shape, generator=generator, device=device)
-            xs = mean + (tp >= 0).view(-1, 1, 1, 1) * var.sqrt() * noise
+            xs = c_x * xs + c_0 * x0 + (~last) * sd * noise
+        else:  # euler_maruyama on the sub-VP SDE, Δτ < 0
+            tau_t = process.tau(t.double()).view(-1, 1, 1, 1)
+            d_tau = process.tau(tp.double()).view(-1, 1, 1, 1) - tau_t
+            beta, g2 = process.subvp_sde(tau_t)
+            # f(x, τ) - g² ∇log p with ∇log p = -ε/σ
+            drift = (-0.5 * beta).float() * xs + (g2 / s_t).float() * eps
+            noise = torch.randn(xs.shape, generator=generator, device=device)
+            step = xs + d_tau.float() * drift + (g2 * -d_tau).sqrt().float() * noise
+            xs = torch.where(last, x0, step)
         if idx is None:
             x = xs
         else:

@@ -95,12 +95,12 @@ def boundary_stage(*, weights: str, model_config: str, target_npz: str, c_saf: s
     nets, _ = load_pair(c_saf, c_id, classifiers_json, dev)
     x_saf = normalise(as_nchw_uint8(load_npz(target_npz)["saf"][None], dev))
     gen = torch.Generator(device=dev).manual_seed(seed)
-    acp = process.alphas_cumprod(dev)
+    coef = process.coefficients(dev)
     autocast = bf16 and dev.type == "cuda"
     chunk = int(cfg.get("batch_size", 4096))
 
     def noise_fn(x0, t):
-        return process.add_noise(x0, torch.randn(x0.shape, generator=gen, device=dev), t, acp)
+        return process.add_noise(x0, torch.randn(x0.shape, generator=gen, device=dev), t, coef)
 
     def reverse_fn(x_t, t):
         out = []

@@ -139,15 +139,15 @@ def train_time_classifier(images: np.ndarray, labels: np.ndarray, process: Noise
     net = TimeClassifier(k, x_all.shape[-1], x_all.shape[1], cfg["block_out_channels"],
                          cfg.get("layers_per_block", 1), cfg.get("norm_num_groups", 8)).to(dev)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg["learning_rate"], weight_decay=1e-4)
-    acp = process.alphas_cumprod(dev)
+    coef = process.coefficients(dev)
     net.train()
     for _ in tqdm(range(int(cfg["steps"])), desc="surrogate classifier", disable=not progress,
                   mininterval=5.0):
         idx = tr[torch.randint(len(tr), (int(cfg["batch_size"]),), generator=gen, device=dev)]
         t = torch.randint(process.T, (len(idx),), generator=gen, device=dev)
         noise = torch.randn(x_all[idx].shape, generator=gen, device=dev)
-        loss = nn.functional.cross_entropy(net(process.add_noise(x_all[idx], noise, t, acp), t),
-                                           y_all[idx])
+        x_t = process.add_noise(x_all[idx], noise, t, coef)
+        loss = nn.functional.cross_entropy(net(x_t, process.model_time(t)), y_all[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -159,7 +159,8 @@ def train_time_classifier(images: np.ndarray, labels: np.ndarray, process: Noise
         for lo, hi in zip(bins[:-1], bins[1:], strict=True):
             t = torch.randint(lo, hi, (len(val),), generator=gen, device=dev)
             noise = torch.randn(x_all[val].shape, generator=gen, device=dev)
-            pred = net(process.add_noise(x_all[val], noise, t, acp), t).argmax(1)
+            x_t = process.add_noise(x_all[val], noise, t, coef)
+            pred = net(x_t, process.model_time(t)).argmax(1)
             acc.append({"t_from": int(lo), "t_to": int(hi),
                         "accuracy": float((pred == y_all[val]).float().mean())})
     return net, {"accuracy_by_t": acc, "chance": float(1 / k), "val_images": int(n_val),

@@ -1,7 +1,8 @@
-"""Train the unconditional DPM: DDPM ε-prediction, AdamW, EMA, resumable checkpoints.
+"""Train the unconditional DPM: ε-prediction (DDPM or sub-VP SDE), AdamW, EMA, checkpoints.
 
-The loop reads top to bottom in :func:`train_dpm`: batch → noise → timesteps → add_noise →
-model → loss → step → EMA → log. The whole training set lives on the device (MedMNIST sets are
+The loop reads top to bottom in :func:`train_dpm`: batch → noise → time and x_t (DDPM steps, or
+the sub-VP SDE's continuous time: :meth:`NoiseProcess.training_inputs`) → model → loss → step →
+EMA → log. The whole training set lives on the device (MedMNIST sets are
 small), and the loss is summed on the device and read back only every ``log_every`` steps, so
 the step loop never waits for the host.
 
@@ -156,7 +157,7 @@ def train_dpm(*, train_npz: str, model_cfg: dict, diffusion_cfg: dict, train_cfg
     opt = torch.optim.AdamW(model.parameters(), lr=lr,
                             weight_decay=float(train_cfg["weight_decay"]), fused=cuda or None)
     gen = torch.Generator(device=dev).manual_seed(seed)
-    acp = process.alphas_cumprod(dev)
+    coef = process.coefficients(dev)
 
     steps, batch = int(train_cfg["steps"]), int(train_cfg["batch_size"])
     warmup, log_every = int(train_cfg["warmup_steps"]), int(train_cfg["log_every"])
@@ -185,8 +186,7 @@ def train_dpm(*, train_npz: str, model_cfg: dict, diffusion_cfg: dict, train_cfg
         idx = torch.randint(n, (batch,), generator=gen, device=dev)
         x0 = data[idx]
         noise = torch.randn(x0.shape, generator=gen, device=dev)
-        t = torch.randint(process.T, (batch,), generator=gen, device=dev)
-        xt = process.add_noise(x0, noise, t, acp)
+        xt, t = process.training_inputs(x0, noise, gen, coef)  # t: the U-Net's time input
         if cuda:
             xt = xt.contiguous(memory_format=torch.channels_last)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
