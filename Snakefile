@@ -9,6 +9,7 @@ include: "rules/dpm.smk"
 include: "rules/fingerprint.smk"
 include: "rules/side.smk"
 include: "rules/report.smk"
+include: "rules/bench.smk"
 
 
 report: "workflow/report/workflow.rst"

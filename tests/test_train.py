@@ -142,3 +142,64 @@ def test_changed_settings_do_not_resume_old_checkpoints(tmp_path, train_npz, mon
         fresh = run(tmp_path, train_npz, cfg(learning_rate=1e-3))
     assert fresh["resumed_from"] == 0
     assert "other settings" in caplog.text
+
+
+@pytest.fixture(scope="module")
+def trained_pair(tmp_path_factory, train_npz):
+    """The trainer and the plain diffusers loop (bench.py) on the same data, model, seed and lr."""
+    import torch
+
+    from diffmem.bench import plain_diffusers_loop
+    from diffmem.io import load_npz
+
+    tmp = tmp_path_factory.mktemp("pair")
+    images = load_npz(train_npz)["images"]
+    out = []
+    for seed in (0, 1):
+        _, plain = plain_diffusers_loop(images, TINY, DIFF, 16, 80, torch.device("cpu"),
+                                        warmup=0, lr=2e-3, seed=seed)
+        train_dpm(train_npz=str(train_npz), model_cfg=TINY, diffusion_cfg=DIFF,
+                  train_cfg=cfg(steps=80, warmup_steps=1), seed=seed, device="cpu",
+                  out_weights=str(tmp / "m.safetensors"), out_config=str(tmp / "m.json"),
+                  out_loss_csv=str(tmp / "loss.csv"), out_loss_png=str(tmp / "l.png"),
+                  checkpoint_dir=str(tmp / "ck"), progress=False)
+        out.append((np.asarray(plain), pd.read_csv(tmp / "loss.csv")["loss"].to_numpy()))
+    return out, tmp
+
+
+def test_trainer_losses_match_the_plain_diffusers_loop(trained_pair):
+    """Same model, data, lr, steps: the fast trainer's loss curve is the plain loop's (start and
+    end within 20 %), so its speed-ups do not change what is learned."""
+    pairs, _ = trained_pair
+    plain_start = np.mean([p[:5].mean() for p, _ in pairs])
+    ours_start = np.mean([o[0] for _, o in pairs])  # first logged value: mean of steps 1-5
+    plain_end = np.mean([p[-30:].mean() for p, _ in pairs])
+    ours_end = np.mean([o[-6:].mean() for _, o in pairs])  # last 30 steps
+    assert ours_end < 0.5 * ours_start  # it learned
+    assert ours_start == pytest.approx(plain_start, rel=0.2)
+    assert ours_end == pytest.approx(plain_end, rel=0.2)
+
+
+@pytest.mark.parametrize("sampler,steps", [("ddim", 20), ("ddpm", 20)])
+def test_samples_match_diffusers_pipelines(trained_pair, sampler, steps):
+    """Our batched sampler and diffusers' DDIMPipeline / DDPMPipeline on the same trained model
+    draw the same distribution: pixel mean, spread and mean image agree."""
+    import torch
+    from diffusers import DDIMPipeline, DDPMPipeline
+
+    from diffmem.diffusion import NoiseProcess, load_model, sample
+
+    _, tmp = trained_pair
+    model, meta = load_model(tmp / "m.safetensors", tmp / "m.json")
+    process = NoiseProcess.from_config(meta["diffusion"])
+    ours = sample(model, process, 256, shape=(1, 28, 28), sampler=sampler, steps=steps,
+                  batch_size=256, seed=0, progress=False) / 255.0
+    pipe = (DDIMPipeline if sampler == "ddim" else DDPMPipeline)(
+        unet=model, scheduler=process.scheduler(sampler))
+    pipe.set_progress_bar_config(disable=True)
+    kw = {"eta": 0.0, "use_clipped_model_output": True} if sampler == "ddim" else {}
+    ref = pipe(batch_size=256, generator=torch.Generator().manual_seed(5),
+               num_inference_steps=steps, output_type="np", **kw).images[..., 0]
+    assert ours.mean() == pytest.approx(ref.mean(), abs=0.02)
+    assert ours.std() == pytest.approx(ref.std(), rel=0.05)
+    assert np.abs(ours.mean(0) - ref.mean(0)).mean() < 0.03

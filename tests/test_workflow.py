@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -126,6 +127,26 @@ def test_paper_config_plans_the_papers_study(tmp_path):
     jobs = scheduled(snakemake(wf, "-n", config=wf / "workflow/configs/paper.yaml"))
     assert jobs["train_dpm"] == jobs["sample"] == jobs["boundary_search"] == 12
     assert jobs["side_extract"] == 12 * 3 and jobs["fingerprint_tables"] == 1
+
+
+def test_bench_rule_times_every_stage(finished):
+    """The on-demand bench rule: one row per stage with positive figures, plus Snakemake's
+    benchmark TSV; it is not part of the default target."""
+    snakemake(finished, "results/bench/bench.json", config=finished / "test.yaml")
+    bench = json.loads((finished / "results/bench/bench.json").read_text())
+    stages = [r["stage"] for r in bench["rows"]]
+    assert stages[0] == "train: plain diffusers loop" and stages[1] == "train: diffmem"
+    assert any(s.startswith("sample: 8 images, ddim 10 steps") for s in stages)
+    assert any(s.startswith("classifiers:") for s in stages)
+    for method in ("exhaustive", "bisection"):
+        row = next(r for r in bench["rows"] if r["stage"].startswith(f"boundary search: {method}"))
+        assert row["wall_s"] > 0 and row["evaluations"] > 0 and "T = 100, M = 4" in row["stage"]
+    assert all(r.get("images_per_s", 1) > 0 for r in bench["rows"])
+    assert bench["device"] == "cpu" and "| stage |" in (finished / "results/bench/bench.md"
+                                                        ).read_text()
+    tsv = (finished / "results/bench/bench.tsv").read_text().splitlines()
+    assert tsv[0].startswith("s\th:m:s") and len(tsv) == 2
+    assert "bench" not in scheduled(snakemake(finished, "-n", "-F", config=finished / "test.yaml"))
 
 
 def dry_run_with(finished, tmp_name, change):

@@ -48,6 +48,15 @@ def resolve_device(requested: str = "auto") -> torch.device:
     return dev
 
 
+def gpu_peak_gib(device) -> float | None:
+    """Peak memory allocated by torch on a CUDA device since the last reset, in GiB."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    return round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
+
+
 @dataclass(frozen=True)
 class NoiseProcess:
     """The forward process q(x_t | x_0) = N(m_t x_0, σ_t² I) on a grid of T steps t = 0..T-1.
@@ -290,16 +299,20 @@ def reverse(model, process: NoiseProcess, x: torch.Tensor, t_start, *, sampler: 
     device = x.device
     t_start = np.broadcast_to(np.asarray(t_start, dtype=np.int64), (x.shape[0],))
     grid = process.timestep_grid(sampler, steps)
-    seq = torch.as_tensor(start_sequences(grid, t_start), device=device)
+    seq_np = start_sequences(grid, t_start)
+    seq = torch.as_tensor(seq_np, device=device)
     prev = _pad_prev(seq)
+    # which trajectories run at each iteration is known on the host: no device sync per step
+    active_idx = [None if (col >= 0).all() else torch.as_tensor(np.flatnonzero(col >= 0),
+                                                                 device=device)
+                  for col in seq_np.T]
     # step coefficients in float64 (small DDPM βs cancel in float32), applied in float32
     m_all, s_all = (c.double() for c in process.coefficients64(device))
     one = torch.ones((), device=device, dtype=torch.float64)
     zero = torch.zeros((), device=device, dtype=torch.float64)
     x = x.clone().float()
     for k in range(seq.shape[1]):
-        active = seq[:, k] >= 0
-        idx = active.nonzero().squeeze(1) if not bool(active.all()) else None
+        idx = active_idx[k]
         xs = x if idx is None else x[idx]
         t = seq[:, k] if idx is None else seq[idx, k]
         tp = prev[:, k] if idx is None else prev[idx, k]

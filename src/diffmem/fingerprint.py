@@ -10,7 +10,7 @@ import torch
 
 from .audit import binomial_p_values, boundary_search, classify
 from .classifier import as_nchw_uint8, load_classifier, normalise
-from .diffusion import NoiseProcess, load_model, resolve_device, reverse
+from .diffusion import NoiseProcess, gpu_peak_gib, load_model, resolve_device, reverse
 from .figures import plt
 from .io import atomic_path, load_json, load_npz, save_figure, save_json
 
@@ -124,7 +124,8 @@ def boundary_stage(*, weights: str, model_config: str, target_npz: str, c_saf: s
     _csv(df, out_csv)
     summary = {k: res[k] for k in ("t_star", "rho", "upper_darboux_area", "method", "m", "T",
                                    "evaluations", "rounds", "seconds")}
-    summary |= {"sampler": sampler, "steps": steps, "threshold": threshold}
+    summary |= {"sampler": sampler, "steps": steps, "threshold": threshold,
+                "peak_gpu_gib": gpu_peak_gib(dev)}
     save_json(out_json, summary)
     _boundary_figure(df, summary, out_png)
     return summary

@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from .diffusion import NoiseProcess, load_model, resolve_device, sample
+from .diffusion import NoiseProcess, gpu_peak_gib, load_model, resolve_device, sample
 from .figures import image_grid
 from .io import save_json, save_npz
 
@@ -31,7 +31,8 @@ def sample_stage(*, weights: str, model_config: str, num_samples: int, batch_siz
                title=f"{min(len(images), 100)} of {len(images)} samples ({sampler}, {steps} steps)")
     info = {"num_samples": int(len(images)), "sampler": sampler, "steps": steps, "seed": seed,
             "device": str(dev), "seconds": round(elapsed, 2),
-            "images_per_second": round(len(images) / max(elapsed, 1e-9), 1)}
+            "images_per_second": round(len(images) / max(elapsed, 1e-9), 1),
+            "peak_gpu_gib": gpu_peak_gib(dev)}
     if out_json:
         save_json(out_json, info)
     return info

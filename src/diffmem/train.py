@@ -26,7 +26,14 @@ from pathlib import Path
 
 import torch
 
-from .diffusion import NoiseProcess, build_unet, resolve_device, save_model, to_tensor
+from .diffusion import (
+    NoiseProcess,
+    build_unet,
+    gpu_peak_gib,
+    resolve_device,
+    save_model,
+    to_tensor,
+)
 from .io import atomic_path, load_npz, load_safetensors, save_safetensors
 
 log = logging.getLogger(__name__)
@@ -224,7 +231,7 @@ def train_dpm(*, train_npz: str, model_cfg: dict, diffusion_cfg: dict, train_cfg
                "device": str(dev), "bf16": autocast, "seconds": round(elapsed, 2),
                "images_per_second": round((steps - start) * batch / max(elapsed, 1e-9), 1),
                "steady_images_per_second": round(steady, 1) if steady else None,
-               "compiled": step_fn is not model,
+               "compiled": step_fn is not model, "peak_gpu_gib": gpu_peak_gib(dev),
                "final_loss": losses[-1][1] if losses else None}
     save_model(ema_model, out_weights, out_config,
                extra={"diffusion": diffusion_cfg, "train": summary, "fingerprint": fp})
