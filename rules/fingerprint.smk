@@ -87,6 +87,33 @@ rule boundary_search:
         "../workflow/scripts/boundary_search.py"
 
 
+def inception_weights(wildcards):
+    """The FID Inception file is an input when configured, so replacing it re-runs FID."""
+    path = (config.get("fid") or {}).get("inception_weights")
+    return os.path.expanduser(path) if path else []
+
+
+rule sample_quality:
+    input:
+        samples="results/{dataset}/n{size}/seed{seed}/samples/samples.npz",
+        train="results/{dataset}/n{size}/seed{seed}/data/train.npz",
+        heldout="results/{dataset}/n{size}/seed{seed}/data/heldout.npz",
+        inception=inception_weights,
+    output:
+        json="results/{dataset}/n{size}/seed{seed}/audit/fid.json",
+    log:
+        "logs/{dataset}/n{size}/seed{seed}/sample_quality.log",
+    conda:
+        CONDA_ENV
+    resources:
+        **gpu_resources(),
+    params:
+        fid=config.get("fid") or {},
+        device=config.get("device", "auto"),
+    script:
+        "../workflow/scripts/sample_quality.py"
+
+
 rule fingerprint_tables:
     input:
         classifiers=expand_runs(
@@ -98,6 +125,7 @@ rule fingerprint_tables:
         boundaries=expand_runs(
             "results/{dataset}/n{size}/seed{seed}/audit/boundary.json"
         ),
+        fids=expand_runs("results/{dataset}/n{size}/seed{seed}/audit/fid.json"),
     output:
         table1_csv=report(
             "results/fingerprint/table1_reproductions.csv",

@@ -125,3 +125,12 @@ def test_paper_config_is_the_papers_study():
     assert paper["train"]["steps"] == 30000 and paper["sample"]["num_samples"] == 150000
     assert paper["classifiers"]["depth"] == 50
     assert paper["boundary"]["trajectories"] == 16 and paper["boundary"]["t_step"] == 10
+
+
+def test_fid_weights_must_be_an_existing_safetensors_file(default, tmp_path):
+    default["fid"]["inception_weights"] = str(tmp_path / "inception.pth")
+    bad(default, "is not a .safetensors file")
+    default["fid"]["inception_weights"] = str(tmp_path / "inception.safetensors")
+    bad(default, f"fid.inception_weights: file not found: {tmp_path / 'inception.safetensors'}")
+    (tmp_path / "inception.safetensors").write_bytes(b"x")
+    check_config(default, SCHEMA)

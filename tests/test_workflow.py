@@ -18,7 +18,7 @@ RUN_OUTPUTS = [
     "model/loss.png", "samples/samples.npz", "samples/samples.json", "samples/grid.png",
     "classifiers/c_saf.safetensors", "classifiers/c_id.safetensors", "classifiers/classifiers.json",
     "audit/reproductions.csv", "audit/reproductions.json", "audit/reproductions.png",
-    "audit/boundary.csv", "audit/boundary.json", "audit/boundary.png",
+    "audit/boundary.csv", "audit/boundary.json", "audit/boundary.png", "audit/fid.json",
     "side/labels.npz", "side/labels.json", "side/clusters.png", "side/classifier.safetensors",
     "side/classifier.json", "side/extract_s1.npz", "side/extract_s4.npz", "side/metrics.csv",
     "side/metrics.json", "side/pairs.png", "side/nn_similarity.png", "side/ams_ums_vs_scale.png",
@@ -67,6 +67,10 @@ def test_every_output_and_the_report(finished):
     assert [r["method"] for r in side["rows"]] == ["baseline (plain sampling)", "SIDE", "SIDE"]
     assert all(r["images"] == 12 for r in side["rows"])
     assert "### SIDE extraction vs plain sampling (12 images each)" in report
+    fid = json.loads((finished / RUN / "audit/fid.json").read_text())
+    assert fid["fid_train"] is None and "fid.inception_weights" in fid["skipped"]
+    table2 = pd.read_csv(finished / "results/fingerprint/table2_datasets.csv")
+    assert {"FID_train", "FID_test"} <= set(table2.columns)
     samples = np.load(finished / RUN / "samples/samples.npz")["images"]
     assert samples.shape == (24, 28, 28) and samples.dtype == np.uint8
     # nothing half-written or left behind
@@ -147,6 +151,16 @@ def test_bench_rule_times_every_stage(finished):
     tsv = (finished / "results/bench/bench.tsv").read_text().splitlines()
     assert tsv[0].startswith("s\th:m:s") and len(tsv) == 2
     assert "bench" not in scheduled(snakemake(finished, "-n", "-F", config=finished / "test.yaml"))
+
+
+def test_inception_weights_are_an_input_of_fid_only(finished, tmp_path):
+    """Configuring FID weights re-runs FID and the tables and report, nothing upstream."""
+    from diffmem.io import save_safetensors
+
+    save_safetensors(tmp_path / "inception.safetensors", {"w": np.zeros(1, np.float32)})
+    jobs = dry_run_with(finished, "fid.yaml", lambda c: c.update(
+        fid={"inception_weights": str(tmp_path / "inception.safetensors")}))
+    assert jobs == {"sample_quality": 1, "fingerprint_tables": 1, "report": 1, "all": 1}, jobs
 
 
 def dry_run_with(finished, tmp_name, change):

@@ -157,6 +157,17 @@ def _cross_checks(config: dict) -> None:
                           f" is below side.clusters x side.per_cluster = "
                           f"{side['clusters'] * side['per_cluster']}, the plain-sampling "
                           f"baseline SIDE is compared with")
+    weights = (config.get("fid") or {}).get("inception_weights")
+    if weights:
+        path = Path(weights).expanduser()
+        if path.suffix != ".safetensors":
+            raise ConfigError(f"config error at fid.inception_weights: {weights!r} is not a "
+                              f".safetensors file; write one with python -m diffmem.quality "
+                              f"export-inception FILE.safetensors")
+        if not path.is_file():
+            raise ConfigError(f"config error at fid.inception_weights: file not found: {path}; "
+                              f"write it with python -m diffmem.quality export-inception "
+                              f"{path}, or set null to skip FID")
     if config["sample"]["steps"] > diff["num_train_timesteps"]:
         raise ConfigError(f"config error at sample.steps: {config['sample']['steps']} exceeds "
                           f"diffusion.num_train_timesteps {diff['num_train_timesteps']}")

@@ -152,12 +152,18 @@ def _boundary_figure(df, s, path):
 # ----------------------------------------------------------------------------- aggregation
 def aggregate_stage(*, runs: list, classifiers: list[str], detections: list[str],
                     boundaries: list[str], out_table1_csv: str, out_table1_md: str,
-                    out_table2_csv: str, out_table2_md: str, out_png: str) -> pd.DataFrame:
-    """Table 1 (reproductions vs N, p-values) and Table 2 (per dataset) over all runs."""
+                    out_table2_csv: str, out_table2_md: str, out_png: str,
+                    fids: list[str] | None = None) -> pd.DataFrame:
+    """Table 1 (reproductions vs N, p-values) and Table 2 (per dataset) over all runs.
+
+    Table 2 has the paper's FID columns (against the training and the held-out images); they
+    are empty where FID was skipped (no Inception weights configured)."""
     rows = []
-    for (dataset, n, seed), c, d, b in zip(runs, classifiers, detections, boundaries,
-                                           strict=True):
+    fids = fids if fids is not None else [None] * len(runs)
+    for (dataset, n, seed), c, d, b, f in zip(runs, classifiers, detections, boundaries, fids,
+                                              strict=True):
         c, d, b = load_json(c), load_json(d), load_json(b)
+        f = load_json(f) if f else {}
         rows.append({"dataset": dataset, "N": int(n), "seed": int(seed),
                      "C_SAF_acc_%": round(100 * c["c_saf"]["accuracy"], 2),
                      "C_ID_acc_%": round(100 * c["c_id"]["accuracy"], 2),
@@ -166,12 +172,13 @@ def aggregate_stage(*, runs: list, classifiers: list[str], detections: list[str]
                      "reproductions": d["reproductions"],
                      "p_value_rate<1/N": d["p_value_less"],
                      "p_value_rate>1/N": d["p_value_greater"],
-                     "rho": round(b["rho"], 3), "darboux_area": round(b["upper_darboux_area"], 3)})
+                     "rho": round(b["rho"], 3), "darboux_area": round(b["upper_darboux_area"], 3),
+                     "FID_train": f.get("fid_train"), "FID_test": f.get("fid_test")})
     df = pd.DataFrame(rows).sort_values(["dataset", "N", "seed"])
     t1 = df[["dataset", "N", "seed", "samples", "expected_K/N", "SAF+", "ID+", "reproductions",
              "p_value_rate<1/N", "p_value_rate>1/N"]]
-    t2 = df[["dataset", "N", "seed", "C_SAF_acc_%", "C_ID_acc_%", "expected_K/N",
-             "reproductions", "rho", "darboux_area"]]
+    t2 = df[["dataset", "N", "seed", "C_SAF_acc_%", "C_ID_acc_%", "FID_train", "FID_test",
+             "expected_K/N", "reproductions", "rho", "darboux_area"]]
     for t, csv, md in ((t1, out_table1_csv, out_table1_md), (t2, out_table2_csv, out_table2_md)):
         _csv(t, csv)
         with atomic_path(md) as tmp:

@@ -8,6 +8,7 @@ with logged(sm.log[0]):
         classifiers=sm.input.classifiers,
         detections=sm.input.detections,
         boundaries=sm.input.boundaries,
+        fids=sm.input.fids,
         out_table1_csv=sm.output.table1_csv,
         out_table1_md=sm.output.table1_md,
         out_table2_csv=sm.output.table2_csv,
