@@ -46,6 +46,12 @@ def all_run_outputs():
     ]
 
 
+def inception_weights(wildcards):
+    """The FID Inception file is an input when configured, so replacing it re-runs FID."""
+    path = (config.get("fid") or {}).get("inception_weights")
+    return os.path.expanduser(path) if path else []
+
+
 def gpu_resources():
     res = config.get("resources", {})
     return dict(

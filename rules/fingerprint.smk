@@ -87,12 +87,6 @@ rule boundary_search:
         "../workflow/scripts/boundary_search.py"
 
 
-def inception_weights(wildcards):
-    """The FID Inception file is an input when configured, so replacing it re-runs FID."""
-    path = (config.get("fid") or {}).get("inception_weights")
-    return os.path.expanduser(path) if path else []
-
-
 rule sample_quality:
     input:
         samples="results/{dataset}/n{size}/seed{seed}/samples/samples.npz",
