@@ -155,9 +155,11 @@ def test_bench_rule_times_every_stage(finished):
 
 def test_inception_weights_are_an_input_of_fid_only(finished, tmp_path):
     """Configuring FID weights re-runs FID and the tables and report, nothing upstream."""
+    import torch
+
     from diffmem.io import save_safetensors
 
-    save_safetensors(tmp_path / "inception.safetensors", {"w": np.zeros(1, np.float32)})
+    save_safetensors(tmp_path / "inception.safetensors", {"w": torch.zeros(1)})
     jobs = dry_run_with(finished, "fid.yaml", lambda c: c.update(
         fid={"inception_weights": str(tmp_path / "inception.safetensors")}))
     assert jobs == {"sample_quality": 1, "fingerprint_tables": 1, "report": 1, "all": 1}, jobs
