@@ -38,7 +38,7 @@ rule report:
         run_dirs=expand_runs("results/{dataset}/n{size}/seed{seed}"),
         title=config.get("report", {}).get("title", "diffmem memorization audit"),
         settings={
-            k: config[k]
+            k: config.get(k) or {}
             for k in (
                 "model",
                 "diffusion",
@@ -47,6 +47,7 @@ rule report:
                 "saf",
                 "classifiers",
                 "boundary",
+                "fid",
                 "side",
             )
         },
