@@ -188,9 +188,18 @@ def run(config: dict, *, data_root: str, train_steps: int, plain_steps: int, sam
     return rows
 
 
+def workflow_root() -> Path:
+    """The checkout this module runs from (the README installs it editable)."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "Snakefile").is_file():
+        raise RuntimeError(f"diffmem.bench needs the workflow checkout (Snakefile, config.yaml, "
+                           f"workflow/); {root} is not one: install with pip install -e .")
+    return root
+
+
 def end_to_end(config_path: str, data_root: str, workdir: Path | None = None) -> dict:
     """Wall time of ``snakemake --cores all`` on the config in a fresh copy of the workflow."""
-    root = Path(__file__).resolve().parents[2]
+    root = workflow_root()
     with tempfile.TemporaryDirectory() as tmp:
         wf = Path(workdir or tmp) / "wf"
         wf.mkdir(parents=True)
@@ -284,7 +293,7 @@ def bench_stage(*, config: dict, data_root: str, out_json: str | None = None,
 def main(argv=None) -> None:
     from .config import check_config
 
-    root = Path(__file__).resolve().parents[2]
+    root = workflow_root()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="config.yaml")
     ap.add_argument("--data-root", default=None, help="overrides the config's data_root")
