@@ -127,3 +127,21 @@ def test_saf_classifier_beats_chance_on_held_out_images(data_root):
     assert m["n"] == 156 and 50 < m["positives"] < 106
     assert m["accuracy"] > 0.75, m  # chance is 0.5 on this balanced held-out set
     assert m["accuracy"] > untrained + 0.15
+
+
+def test_disc_strength_at_the_known_place():
+    """1 for x_SAF, 0 for the clean original, ≈ α for a disc blended in at strength α, for grey
+    and colour images."""
+    from diffmem.audit import disc_strength
+    from diffmem.data import SAF
+
+    rng = np.random.default_rng(0)
+    for shape in ((28, 28), (28, 28, 3)):
+        original = rng.integers(0, 256, shape, dtype=np.uint8)
+        saf = SAF(10, 12, 3.5, 0.5)
+        stamped = saf.stamp(original)
+        mask = saf.mask(28)
+        blends = [np.round(a * stamped.astype(float) + (1 - a) * original).astype(np.uint8)
+                  for a in (0.3, 0.7)]
+        s = disc_strength(np.stack([stamped, original, *blends]), stamped, original, mask)
+        np.testing.assert_allclose(s, [1.0, 0.0, 0.3, 0.7], atol=0.02)

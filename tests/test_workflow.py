@@ -62,6 +62,9 @@ def test_every_output_and_the_report(finished):
     assert 0 <= boundary["rho"] <= 1 and boundary["evaluations"] == 6  # t = 0, 20, ..., 80, 99
     detection = json.loads((finished / RUN / "audit/reproductions.json").read_text())
     assert detection["samples"] == 24 and detection["n_train"] == 64
+    assert 0 <= detection["id_positive_with_disc"] <= detection["id_positive"]
+    table1 = pd.read_csv(finished / "results/fingerprint/table1_reproductions.csv")
+    assert "ID+_with_disc" in table1.columns
     side = json.loads((finished / RUN / "side/metrics.json").read_text())
     assert side["budget"] == 12  # 3 clusters x 4 per cluster, baseline scored on as many
     assert [r["method"] for r in side["rows"]] == ["baseline (plain sampling)", "SIDE", "SIDE"]

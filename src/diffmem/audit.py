@@ -64,6 +64,25 @@ def wilson_interval(k: np.ndarray, n: int, z: float = 1.96) -> tuple[np.ndarray,
     return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
 
 
+# ----------------------------------------------------------------------------- disc pixels
+def disc_strength(samples: np.ndarray, saf: np.ndarray, original: np.ndarray,
+                  mask: np.ndarray) -> np.ndarray:
+    """How much of the SAF each sample carries at the SAF's known place, in [0, 1].
+
+    Inside the disc, d_saf = mean |y − x_SAF| and d_orig = mean |y − x*| (x* the clean
+    original); strength = d_orig / (d_orig + d_saf): 1 where the disc is reproduced exactly,
+    0 where the sample shows the clean original there, ~α for a disc blended in at strength α.
+    A pixel test that needs the auditor's knowledge of the disc, reported beside the
+    classifiers (whose C_SAF must find discs anywhere) to show faint discs C_SAF misses.
+    """
+    m = mask.astype(bool)
+    y = samples.astype(np.float32)[:, m]  # (N, disc pixels[, C])
+    y = y.reshape(len(samples), -1)
+    d_saf = np.abs(y - saf.astype(np.float32)[m].reshape(1, -1)).mean(1)
+    d_orig = np.abs(y - original.astype(np.float32)[m].reshape(1, -1)).mean(1)
+    return d_orig / np.maximum(d_orig + d_saf, 1e-6)
+
+
 # ----------------------------------------------------------------------------- classifiers
 @torch.no_grad()
 def classify(nets: list[torch.nn.Module], images: torch.Tensor, threshold: float = 0.5,

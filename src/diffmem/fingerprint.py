@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .audit import binomial_p_values, boundary_search, classify
+from .audit import binomial_p_values, boundary_search, classify, disc_strength
 from .classifier import as_nchw_uint8, load_classifier, normalise
 from .diffusion import NoiseProcess, gpu_peak_gib, load_model, resolve_device, reverse
 from .figures import plt
@@ -42,10 +42,12 @@ def detect_stage(*, samples_npz: str, target_npz: str, target_json: str, c_saf: 
     flat = samples.reshape(len(samples), -1).astype(np.float32) / 255.0
     mae = np.abs(flat - ref.reshape(1, -1)).mean(1)
     mse = ((flat - ref.reshape(1, -1)) ** 2).mean(1)
+    strength = disc_strength(samples, tgt["saf"], tgt["original"], tgt["mask"])
     flagged = np.nonzero(saf_pos | id_pos)[0]
     df = pd.DataFrame({"sample": flagged, "p_saf": p_saf[flagged], "p_id": p_id[flagged],
                        "saf_positive": saf_pos[flagged], "id_positive": id_pos[flagged],
-                       "reproduction": both[flagged], "mae": mae[flagged], "mse": mse[flagged]})
+                       "reproduction": both[flagged], "mae": mae[flagged], "mse": mse[flagged],
+                       "disc_strength": strength[flagged]})
     _csv(df, out_csv)
     n_train, k_samples, k = int(info["n_train"]), len(samples), int(both.sum())
     summary = {
@@ -56,14 +58,17 @@ def detect_stage(*, samples_npz: str, target_npz: str, target_json: str, c_saf: 
         "mae_reproductions": float(mae[both].mean()) if k else None,
         "mse_reproductions": float(mse[both].mean()) if k else None,
         "nearest_mae_all_samples": float(mae.min()) if len(mae) else None,
+        # ID+ samples whose disc pixels are nearer x_SAF than x* (a pixel test at the known
+        # place): near-copies of x_SAF that C_SAF may have missed
+        "id_positive_with_disc": int((id_pos & (strength >= 0.5)).sum()),
     }
     save_json(out_json, summary)
-    _flagged_figure(samples, tgt["saf"], flagged, both, saf_pos, p_saf, p_id, mae, out_png,
+    _flagged_figure(samples, tgt["saf"], flagged, both, saf_pos, mae, strength, out_png,
                     max_shown)
     return summary
 
 
-def _flagged_figure(samples, target, flagged, both, saf_pos, p_saf, p_id, mae, path, max_shown):
+def _flagged_figure(samples, target, flagged, both, saf_pos, mae, strength, path, max_shown):
     order = sorted(flagged, key=lambda i: (not both[i], mae[i]))[:max_shown]
     n = len(order) + 1
     cols = min(n, 10)
@@ -77,11 +82,12 @@ def _flagged_figure(samples, target, flagged, both, saf_pos, p_saf, p_id, mae, p
     for ax, i in zip(axes.flat[1:], order, strict=False):
         ax.imshow(samples[i], cmap=cmap, vmin=0, vmax=255)
         kind = "REPRO" if both[i] else ("SAF only" if saf_pos[i] else "ID only")
-        ax.set_title(f"{kind} #{i}\nMAE {mae[i]:.3f}", fontsize=6,
+        ax.set_title(f"{kind} #{i}\nMAE {mae[i]:.3f} disc {strength[i]:.2f}", fontsize=6,
                      color="green" if both[i] else "darkorange")
     fig.suptitle(f"{int(both.sum())} reproductions (both classifiers), "
                  f"{len(flagged) - int(both.sum())} flagged by one only (false-positive "
-                 f"candidates, orange)", fontsize=8)
+                 f"candidates, orange); disc = SAF strength at its place (1 = x_SAF's disc, "
+                 f"0 = x*'s pixels)", fontsize=7)
     save_figure(fig, path)
 
 
@@ -170,13 +176,14 @@ def aggregate_stage(*, runs: list, classifiers: list[str], detections: list[str]
                      "samples": d["samples"], "expected_K/N": round(d["expected"], 2),
                      "SAF+": d["saf_positive"], "ID+": d["id_positive"],
                      "reproductions": d["reproductions"],
+                     "ID+_with_disc": d.get("id_positive_with_disc"),
                      "p_value_rate<1/N": d["p_value_less"],
                      "p_value_rate>1/N": d["p_value_greater"],
                      "rho": round(b["rho"], 3), "darboux_area": round(b["upper_darboux_area"], 3),
                      "FID_train": f.get("fid_train"), "FID_test": f.get("fid_test")})
     df = pd.DataFrame(rows).sort_values(["dataset", "N", "seed"])
     t1 = df[["dataset", "N", "seed", "samples", "expected_K/N", "SAF+", "ID+", "reproductions",
-             "p_value_rate<1/N", "p_value_rate>1/N"]]
+             "ID+_with_disc", "p_value_rate<1/N", "p_value_rate>1/N"]]
     t2 = df[["dataset", "N", "seed", "C_SAF_acc_%", "C_ID_acc_%", "FID_train", "FID_test",
              "expected_K/N", "reproductions", "rho", "darboux_area"]]
     for t, csv, md in ((t1, out_table1_csv, out_table1_md), (t2, out_table2_csv, out_table2_md)):

@@ -61,6 +61,8 @@ def run_section(run_dir: Path, base: Path, dataset: str, n: int, seed: int) -> s
              f"{c['c_id']['recall']:.3f}"),
             ("samples flagged SAF+ / ID+ / both (reproductions)",
              f"{d['saf_positive']} / {d['id_positive']} / **{d['reproductions']}**"),
+            ("ID+ samples with the disc at its place (pixel test, strength ≥ 0.5)",
+             f"{d.get('id_positive_with_disc', '–')}"),
             ("expected under p = 1/N", f"{d['expected']:.2f}"),
             ("one-sided binomial p-value, rate < 1/N / rate > 1/N",
              f"{d['p_value_less']:.3g} / {d['p_value_greater']:.3g}"),
