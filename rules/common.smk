@@ -3,7 +3,17 @@ from pathlib import Path
 
 from snakemake.utils import min_version
 
-from diffmem.config import ConfigError, check_config, runs
+from diffmem.config import (
+    ConfigError,
+    all_runs,
+    check_config,
+    dataset_entry,
+    dataset_names,
+    model_info,
+    run_dir,
+    run_parts,
+    runs,
+)
 
 min_version("9.0")
 
@@ -16,7 +26,21 @@ try:
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 
-RUNS = runs(config)
+RUNS = runs(config)  # (dataset, N, seed): models the workflow trains
+# imported models, each checked once here (folder, scheduler, images) before any job
+MODELS = {name: model_info(config, name) for name in config.get("models") or {}}
+RUN_DIRS = [run_dir(r) for r in all_runs(config)]  # every run, trained or imported
+DATASETS = dataset_names(config)
+# the fingerprint audit's summary tables exist when the workflow trains a model
+FINGERPRINT_TABLES = (
+    [
+        "results/fingerprint/table1_reproductions.md",
+        "results/fingerprint/table2_datasets.md",
+        "results/fingerprint/reproductions_rho_vs_n.png",
+    ]
+    if RUNS
+    else []
+)
 # guidance scales as path wildcards ("1", "3", "2.5"): one side_extract job per scale
 SIDE_SCALES = [f"{float(s):g}" for s in config["side"]["scales"]]
 # Rule scripts import the diffmem library from src/: put it on PYTHONPATH for every job, so
@@ -27,7 +51,10 @@ CONDA_ENV = "../workflow/envs/diffmem.yaml"
 
 
 wildcard_constraints:
-    dataset="[a-z]+mnist",
+    dataset="[A-Za-z][A-Za-z0-9_-]*",
+    name="[A-Za-z][A-Za-z0-9_-]*",
+    # a run's folder: a trained model of a dataset, or an imported model
+    run=r"[A-Za-z][A-Za-z0-9_-]*/n\d+/seed\d+|models/[A-Za-z][A-Za-z0-9_-]*",
     size=r"\d+",
     seed=r"\d+",
     scale=r"[0-9]+(\.[0-9]+)?",
@@ -38,15 +65,47 @@ def expand_runs(pattern):
     return [pattern.format(dataset=d, size=n, seed=s) for d, n, s in RUNS]
 
 
+def expand_all(pattern):
+    """``pattern`` (with {run}) for every run, trained and imported."""
+    return [pattern.format(run=r) for r in RUN_DIRS]
+
+
 def all_run_outputs():
     return [
-        *expand_runs("results/{dataset}/n{size}/seed{seed}/audit/boundary.json"),
         *expand_runs("results/{dataset}/n{size}/seed{seed}/audit/reproductions.json"),
-        *expand_runs("results/{dataset}/n{size}/seed{seed}/side/metrics.json"),
-        *expand_runs("results/{dataset}/n{size}/seed{seed}/audit/membership.json"),
         *expand_runs("results/{dataset}/n{size}/seed{seed}/audit/detectors.json"),
+        *expand_all("results/{run}/audit/boundary.json"),
+        *expand_all("results/{run}/side/metrics.json"),
+        *expand_all("results/{run}/audit/membership.json"),
         "results/verdict.csv",
     ]
+
+
+def model_name(wildcards):
+    return run_parts(wildcards.run)[1]
+
+
+def duplicates_of(wildcards):
+    """The near-duplicate groups a run's null is built with: its dataset's, or an imported
+    model's own (over its training and held-out images)."""
+    dataset, name = run_parts(wildcards.run)
+    if name is not None:
+        return f"results/models/{name}/near_duplicates.npz"
+    return f"results/{dataset}/near_duplicates.npz"
+
+
+def sample_settings(wildcards):
+    """The sample section, with an imported model's own overrides."""
+    name = model_name(wildcards)
+    return MODELS[name]["sample"] if name is not None else config["sample"]
+
+
+def scoring_settings(wildcards):
+    """The scoring section; an imported model trained with random flips also matches mirrored
+    training images."""
+    name = model_name(wildcards)
+    flip = name is not None and config["models"][name].get("random_flip", False)
+    return {**config["scoring"], "mirror": bool(flip)}
 
 
 def inception_weights(wildcards):

@@ -22,6 +22,8 @@ rule prepare_data:
         image_size=config["image_size"],
         to_rgb=config.get("to_rgb", False),
         saf=config["saf"],
+        # your own images: the entry (folders or .npz) is the data, so changing it re-runs
+        entry=lambda wc: dataset_entry(config, wc.dataset),
     script:
         "../workflow/scripts/prepare_data.py"
 
@@ -47,6 +49,7 @@ rule near_duplicates:
     params:
         image_size=config["image_size"],
         duplicates=config["duplicates"],
+        entry=lambda wc: dataset_entry(config, wc.dataset),
         device=config.get("device", "auto"),
     script:
         "../workflow/scripts/near_duplicates.py"

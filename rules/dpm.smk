@@ -31,26 +31,25 @@ rule train_dpm:
 
 rule sample:
     input:
-        weights="results/{dataset}/n{size}/seed{seed}/model/model.safetensors",
-        config="results/{dataset}/n{size}/seed{seed}/model/model_config.json",
+        weights="results/{run}/model/model.safetensors",
+        config="results/{run}/model/model_config.json",
     output:
-        samples="results/{dataset}/n{size}/seed{seed}/samples/samples.npz",
-        info="results/{dataset}/n{size}/seed{seed}/samples/samples.json",
+        samples="results/{run}/samples/samples.npz",
+        info="results/{run}/samples/samples.json",
         grid=report(
-            "results/{dataset}/n{size}/seed{seed}/samples/grid.png",
+            "results/{run}/samples/grid.png",
             caption="../workflow/report/samples.rst",
-            category="{dataset}",
-            subcategory="n{size} seed{seed}",
+            category="{run}",
             labels={"figure": "samples"},
         ),
     log:
-        "logs/{dataset}/n{size}/seed{seed}/sample.log",
+        "logs/{run}/sample.log",
     conda:
         CONDA_ENV
     resources:
         **gpu_resources(),
     params:
-        sample=config["sample"],
+        sample=sample_settings,
         device=config.get("device", "auto"),
     script:
         "../workflow/scripts/sample.py"

@@ -23,16 +23,22 @@ rule report:
         boundary_pngs=expand_runs(
             "results/{dataset}/n{size}/seed{seed}/audit/boundary.png"
         ),
-        table1="results/fingerprint/table1_reproductions.md",
-        table2="results/fingerprint/table2_datasets.md",
-        vs_n="results/fingerprint/reproductions_rho_vs_n.png",
-        side=expand_runs("results/{dataset}/n{size}/seed{seed}/side/metrics.json"),
-        membership=expand_runs(
-            "results/{dataset}/n{size}/seed{seed}/audit/membership.json"
+        tables=FINGERPRINT_TABLES,
+        side=expand_all("results/{run}/side/metrics.json"),
+        membership=expand_all("results/{run}/audit/membership.json"),
+        model_images=expand("results/models/{name}/data/images.json", name=MODELS),
+        model_samples=expand("results/models/{name}/samples/samples.json", name=MODELS),
+        model_grids=expand("results/models/{name}/samples/grid.png", name=MODELS),
+        model_configs=expand(
+            "results/models/{name}/model/model_config.json", name=MODELS
         ),
-        duplicates=expand(
-            "results/{dataset}/near_duplicates.json", dataset=config["datasets"]
+        model_boundaries=expand(
+            "results/models/{name}/audit/boundary.json", name=MODELS
         ),
+        duplicates=[
+            *expand("results/{dataset}/near_duplicates.json", dataset=DATASETS),
+            *expand("results/models/{name}/near_duplicates.json", name=MODELS),
+        ],
         verdict="results/verdict.md",
     output:
         markdown="results/report.md",
@@ -41,8 +47,8 @@ rule report:
     conda:
         CONDA_ENV
     params:
-        runs=RUNS,
-        run_dirs=expand_runs("results/{dataset}/n{size}/seed{seed}"),
+        runs=all_runs(config),
+        run_dirs=expand_all("results/{run}"),
         title=config.get("report", {}).get("title", "diffmem memorization audit"),
         settings={
             k: config.get(k) or {}

@@ -1,23 +1,22 @@
 rule membership:
     """Loss-attack membership inference: training images vs the run's unseen images."""
     input:
-        weights="results/{dataset}/n{size}/seed{seed}/model/model.safetensors",
-        config="results/{dataset}/n{size}/seed{seed}/model/model_config.json",
-        train="results/{dataset}/n{size}/seed{seed}/data/train.npz",
-        heldout="results/{dataset}/n{size}/seed{seed}/data/heldout.npz",
-        unused="results/{dataset}/n{size}/seed{seed}/data/unused_train.npz",
-        duplicates="results/{dataset}/near_duplicates.npz",
+        weights="results/{run}/model/model.safetensors",
+        config="results/{run}/model/model_config.json",
+        train="results/{run}/data/train.npz",
+        heldout="results/{run}/data/heldout.npz",
+        unused="results/{run}/data/unused_train.npz",
+        duplicates=duplicates_of,
     output:
-        summary="results/{dataset}/n{size}/seed{seed}/audit/membership.json",
+        summary="results/{run}/audit/membership.json",
         figure=report(
-            "results/{dataset}/n{size}/seed{seed}/audit/membership.png",
+            "results/{run}/audit/membership.png",
             caption="../workflow/report/membership.rst",
-            category="{dataset}",
-            subcategory="n{size} seed{seed}",
+            category="{run}",
             labels={"figure": "membership inference"},
         ),
     log:
-        "logs/{dataset}/n{size}/seed{seed}/membership.log",
+        "logs/{run}/membership.log",
     conda:
         CONDA_ENV
     resources:
@@ -36,13 +35,9 @@ rule verdict:
     """One row per run and question, answered yes / no / inconclusive from its primary
     statistic (see README, The verdict and its nulls)."""
     input:
-        metrics=expand_runs("results/{dataset}/n{size}/seed{seed}/side/metrics.json"),
-        membership=expand_runs(
-            "results/{dataset}/n{size}/seed{seed}/audit/membership.json"
-        ),
-        boundaries=expand_runs(
-            "results/{dataset}/n{size}/seed{seed}/audit/boundary.json"
-        ),
+        metrics=expand_all("results/{run}/side/metrics.json"),
+        membership=expand_all("results/{run}/audit/membership.json"),
+        boundaries=expand_all("results/{run}/audit/boundary.json"),
     output:
         csv=report(
             "results/verdict.csv",
@@ -56,7 +51,7 @@ rule verdict:
     conda:
         CONDA_ENV
     params:
-        runs=RUNS,
+        runs=all_runs(config),
         alpha=config["scoring"].get("alpha", 0.05),
     script:
         "../workflow/scripts/verdict.py"

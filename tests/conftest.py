@@ -68,9 +68,22 @@ def snakemake(workdir: Path, *args: str, config: Path | None = None, check: bool
 @pytest.fixture(scope="session")
 def finished(tmp_path_factory, data_root):
     """One complete local run of the test config, shared by the workflow and SLURM tests."""
+    from .own_model import make_own_model, write_pngs
+
     wf = workflow_copy(tmp_path_factory.mktemp("run"))
     cfg = yaml.safe_load(TEST_CONFIG.read_text())
     cfg["data_root"] = str(data_root)
+    # a model the user already has (trained until it copies), audited through `models:`
+    own = make_own_model(tmp_path_factory.mktemp("own"), data_root)
+    cfg["models"] = {"own": {**own, "sample": {"sampler": "ddpm", "steps": 100}}}
+    # and a site's own PNGs as a dataset of the fingerprint study
+    site = tmp_path_factory.mktemp("site")
+    with np.load(data_root / "breastmnist.npz") as f:
+        write_pngs(f["test_images"][:24], site / "train", "s")
+        write_pngs(f["test_images"][24:48], site / "heldout", "h")
+    cfg["datasets"] = [*cfg["datasets"], {"name": "site", "train": str(site / "train"),
+                                          "heldout": str(site / "heldout")}]
+    cfg["train_sizes"] = {"breastmnist": cfg["train_sizes"], "site": ["all"]}
     (wf / "test.yaml").write_text(yaml.safe_dump(cfg))
     snakemake(wf, config=wf / "test.yaml")
     return wf

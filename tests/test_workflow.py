@@ -109,7 +109,8 @@ def test_every_output_and_the_report(finished):
     # the report opens with the verdict: one row per run and question
     assert report.startswith("# Verdict")
     verdict = pd.read_csv(finished / "results/verdict.csv")
-    assert len(verdict) == 4 and set(verdict["answer"]) <= {"yes", "no", "inconclusive"}
+    # three runs (breastmnist, the site's PNGs, the imported model), four questions each
+    assert len(verdict) == 12 and set(verdict["answer"]) <= {"yes", "no", "inconclusive"}
     assert verdict["question"].tolist()[2] == "can training images be told from unseen ones?"
     assert verdict["question"].tolist()[3].startswith("does the model walk back")
     # a 30-step model on 64 images cannot be shown to copy: no "yes" from 24 samples
@@ -123,6 +124,74 @@ def test_every_output_and_the_report(finished):
     # nothing half-written or left behind
     assert not list(finished.rglob("*.part"))
     assert not (finished / RUN / "checkpoints").exists()
+
+
+def test_an_imported_model_is_audited_and_found_to_copy(finished):
+    """The user's own diffusers model (trained until it copies 4 PNGs) through `models:`."""
+    run = finished / "results/models/own"
+    for rel in ("model/model.safetensors", "model/model_config.json", "data/images.json",
+                "near_duplicates.json", "samples/grid.png", "side/metrics.json",
+                "audit/membership.json", "audit/boundary.json", "audit/boundary.png"):
+        assert (run / rel).stat().st_size > 0, rel
+    train = np.load(run / "data/train.npz")
+    assert train["images"].shape == (4, 16, 16)  # 28x28 PNGs resized to the model's 16x16
+    assert sorted(train["names"])[0] == "part0/tr00.png"  # found in nested folders
+    assert np.load(run / "data/heldout.npz")["images"].shape == (40, 16, 16)
+    assert np.load(run / "samples/samples.npz")["images"].shape == (24, 16, 16)
+    model = json.loads((run / "model/model_config.json").read_text())
+    assert model["source"]["scheduler"] == "DDPMScheduler"
+    assert model["diffusion"]["num_train_timesteps"] == 100
+    verdict = pd.read_csv(finished / "results/verdict.csv")
+    own = verdict[verdict["run"] == "model own"].set_index("question")["answer"]
+    assert own["does plain sampling copy training images?"] == "yes"
+    assert own["can training images be told from unseen ones?"] == "yes"
+    b = json.loads((run / "audit/boundary.json").read_text())
+    assert b["query"]["chosen"] == "most copied by plain sampling"
+    assert b["query"]["name"] in set(train["names"]) and len(b["t50_control"]) == 2
+    # a copying model walks back to its training image from far more noise than to unseen
+    # images; with 2 controls the rank cannot be significant, so not "yes"
+    assert b["t50"] > max(b["t50_control"]) and b["walks_back"] != "yes"
+    side = json.loads((run / "side/metrics.json").read_text())
+    assert side["null"]["heldout"] == 40 and side["null"]["unused_train"] == 0
+    report = (finished / "results/report.md").read_text()
+    assert "## Imported model own" in report and "| model own |" in report
+
+
+def test_a_dataset_of_your_own_pngs_runs_the_fingerprint_branch(finished):
+    run = finished / "results/site/n24/seed0"
+    for rel in ("data/target.json", "classifiers/classifiers.json", "audit/reproductions.json",
+                "audit/boundary.json", "audit/detectors.json", "side/metrics.json"):
+        assert (run / rel).stat().st_size > 0, rel
+    assert np.load(run / "data/train.npz")["images"].shape == (24, 28, 28)
+    assert np.load(run / "data/heldout.npz")["images"].shape == (24, 28, 28)
+    assert json.loads((run / "data/target.json").read_text())["dataset"] == "site"
+    dup = json.loads((finished / "results/site/near_duplicates.json").read_text())
+    assert dup["train_images"] == 24 and dup["heldout_images"] == 24
+    table1 = pd.read_csv(finished / "results/fingerprint/table1_reproductions.csv")
+    assert "site" in set(table1["dataset"])
+
+
+def test_pickled_only_model_is_refused_before_any_job(tmp_path):
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8),
+                       layers_per_block=1, norm_num_groups=4,
+                       down_block_types=("DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D"))
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(
+        tmp_path / "model", safe_serialization=False)
+    assert (tmp_path / "model/unet/diffusion_pytorch_model.bin").exists()
+    wf = workflow_copy(tmp_path)
+    cfg = yaml.safe_load(TEST_CONFIG.read_text())
+    cfg["models"] = {"mine": {"folder": str(tmp_path / "model"), "train": str(tmp_path),
+                              "heldout": str(tmp_path)}}
+    (wf / "c.yaml").write_text(yaml.safe_dump(cfg))
+    proc = snakemake(wf, config=wf / "c.yaml", check=False)
+    assert proc.returncode != 0
+    line = next(x for x in proc.stderr.splitlines() if "config error at models.mine" in x)
+    assert "diffusion_pytorch_model.bin is pickled and diffmem never unpickles" in line
+    assert "save_pretrained(dir, safe_serialization=True)" in line
+    assert not (wf / "results").exists()
 
 
 def test_dry_run_after_a_finished_run_schedules_nothing(finished):
@@ -211,7 +280,8 @@ def test_inception_weights_are_an_input_of_fid_only(finished, tmp_path):
     save_safetensors(tmp_path / "inception.safetensors", {"w": torch.zeros(1)})
     jobs = dry_run_with(finished, "fid.yaml", lambda c: c.update(
         fid={"inception_weights": str(tmp_path / "inception.safetensors")}))
-    assert jobs == {"sample_quality": 1, "fingerprint_tables": 1, "report": 1, "all": 1}, jobs
+    # FID of the two trained runs (breastmnist and the site's PNGs), not the imported model
+    assert jobs == {"sample_quality": 2, "fingerprint_tables": 1, "report": 1, "all": 1}, jobs
 
 
 def dry_run_with(finished, tmp_name, change):
@@ -236,7 +306,8 @@ def test_a_training_setting_reruns_training_and_everything_after(finished):
 
 
 def test_a_new_size_adds_only_its_own_jobs(finished):
-    jobs = dry_run_with(finished, "n.yaml", lambda c: c.update(train_sizes=[64, 32]))
+    jobs = dry_run_with(finished, "n.yaml",
+                        lambda c: c["train_sizes"].update(breastmnist=[64, 32]))
     assert jobs["prepare_data"] == 1 and jobs["train_dpm"] == 1 and jobs["sample"] == 1
     # the summary rules see one more input; nothing of the N = 64 run reruns
     assert jobs.get("train_fingerprint_classifiers") == 1 and jobs.get("side_extract") == 2
@@ -247,8 +318,9 @@ def test_a_scoring_setting_reruns_the_scores_not_the_models(finished):
     jobs = dry_run_with(finished, "s.yaml", lambda c: c["scoring"].update(min_tail=4))
     assert set(jobs) == {"extraction_metrics", "verdict", "report", "all"}, jobs
     jobs = dry_run_with(finished, "d.yaml", lambda c: c["duplicates"].update(threshold=4.0))
-    assert set(jobs) == {"near_duplicates", "extraction_metrics", "membership", "verdict",
-                         "report", "all"}, jobs
+    # the imported model's own groups too, and its boundary search's controls depend on them
+    assert set(jobs) == {"near_duplicates", "model_duplicates", "boundary_search_images",
+                         "extraction_metrics", "membership", "verdict", "report", "all"}, jobs
 
 
 def test_training_killed_mid_run_resumes_on_the_next_run(tmp_path, data_root):

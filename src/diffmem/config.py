@@ -106,26 +106,42 @@ def check_config(config: dict, schema_path: str | Path) -> dict:
 
 
 def _cross_checks(config: dict) -> None:
-    from .data import DataError, max_train_size, medmnist_info
+    from .data import DataError, medmnist_info
 
-    for flag in config["datasets"]:
+    names = dataset_names(config)
+    if not names and not config.get("models"):
+        raise ConfigError("config error at datasets: no dataset and no models; expected a "
+                          "MedMNIST flag or an image dataset in datasets, or an entry in models")
+    for i, entry in enumerate(config["datasets"]):
         try:
-            medmnist_info(flag)
+            if isinstance(entry, str):
+                medmnist_info(entry)
+            else:
+                if entry["name"] in RESERVED:
+                    raise DataError(f"dataset name {entry['name']!r} is reserved (results/"
+                                    f"{entry['name']}/ holds other outputs); choose another")
+                for key in ("train", "heldout"):
+                    if count_source(entry[key]) < 2:
+                        raise DataError(f"{entry[key]}: expected at least 2 images")
         except DataError as err:
-            raise ConfigError(f"config error at datasets: {err}") from None
+            raise ConfigError(f"config error at datasets[{i}]: {err}") from None
+    if len(set(names)) != len(names):
+        raise ConfigError(f"config error at datasets: names must be unique; got {names}")
     sizes = config["train_sizes"]
     if isinstance(sizes, dict):
-        extra = sorted(set(sizes) - set(config["datasets"]))
-        missing = sorted(set(config["datasets"]) - set(sizes))
+        extra = sorted(set(sizes) - set(names))
+        missing = sorted(set(names) - set(sizes))
         if extra or missing:
             raise ConfigError(f"config error at train_sizes: keys must be the datasets "
-                              f"{config['datasets']}; extra {extra}, missing {missing}")
-    for flag in config["datasets"]:
-        limit = max_train_size(flag)
-        for n in train_sizes_for(config, flag):
+                              f"{names}; extra {extra}, missing {missing}")
+    for name in names:
+        limit = dataset_size(config, name)
+        for n in train_sizes_for(config, name):
             if n > limit:
-                raise ConfigError(f"config error at train_sizes: {n} for {flag} exceeds its "
+                raise ConfigError(f"config error at train_sizes: {n} for {name} exceeds its "
                                   f"{limit} training images; the maximum is {limit}")
+    for name in config.get("models") or {}:
+        model_info(config, name)
     radius = config["saf"]["radius"]
     if 2 * math.ceil(radius) >= config["image_size"]:
         raise ConfigError(f"config error at saf.radius: a disc of radius {radius} does not fit "
@@ -197,17 +213,138 @@ def _cross_checks(config: dict) -> None:
                           f"diffusion.num_train_timesteps {diff['num_train_timesteps']}")
 
 
-def train_sizes_for(config: dict, flag: str) -> list[int]:
-    """The training sizes N of one dataset, with ``all`` resolved to its train split size."""
+RESERVED = ("models", "fingerprint")
+
+
+def dataset_names(config: dict) -> list[str]:
+    """The wildcard name of every dataset: its MedMNIST flag, or the entry's ``name``."""
+    return [d if isinstance(d, str) else d["name"] for d in config["datasets"]]
+
+
+def dataset_entry(config: dict, name: str) -> dict | None:
+    """The entry of an image dataset (your own images), or None for a MedMNIST flag."""
+    for d in config["datasets"]:
+        if isinstance(d, dict) and d["name"] == name:
+            return d
+    return None
+
+
+def count_source(source: str) -> int:
+    from .images import count_images
+
+    return count_images(source)
+
+
+def dataset_size(config: dict, name: str) -> int:
+    """How many training images a dataset offers (what a subset may at most take)."""
     from .data import max_train_size
 
+    entry = dataset_entry(config, name)
+    return max_train_size(name) if entry is None else count_source(entry["train"])
+
+
+def train_sizes_for(config: dict, flag: str) -> list[int]:
+    """The training sizes N of one dataset, with ``all`` resolved to its train split size."""
     sizes = config["train_sizes"]
     sizes = sizes[flag] if isinstance(sizes, dict) else sizes
-    out = [max_train_size(flag) if s == "all" else int(s) for s in sizes]
+    out = [dataset_size(config, flag) if s == "all" else int(s) for s in sizes]
     return sorted(dict.fromkeys(out))
 
 
 def runs(config: dict) -> list[tuple[str, int, int]]:
-    """Every (dataset, N, seed) the config asks for."""
-    return [(flag, n, seed) for flag in config["datasets"]
+    """Every (dataset, N, seed) the config asks for: models the workflow trains."""
+    return [(flag, n, seed) for flag in dataset_names(config)
             for n in train_sizes_for(config, flag) for seed in config["seeds"]]
+
+
+def run_dir(run) -> str:
+    """A run's folder under results/: ``{dataset}/n{N}/seed{seed}`` or ``models/{name}``."""
+    return f"models/{run}" if isinstance(run, str) else "{}/n{}/seed{}".format(*run)
+
+
+def all_runs(config: dict) -> list:
+    """Trained runs as (dataset, N, seed) tuples, then imported models by name."""
+    return [*runs(config), *(config.get("models") or {})]
+
+
+def run_parts(run: str) -> tuple[str | None, str | None]:
+    """(dataset, imported model name) of a run folder: one of them is None."""
+    head, _, rest = run.partition("/")
+    return (None, rest) if head == "models" else (head, None)
+
+
+def run_seed(wildcards, config: dict) -> int:
+    """The seed a job's random draws derive from: the run's seed, or an imported model's
+    ``seed`` (default 0). Takes a rule's wildcards (``seed``, or ``run``)."""
+    seed = getattr(wildcards, "seed", None)
+    if seed is not None:
+        return int(seed)
+    name = getattr(wildcards, "name", None)
+    run = f"models/{name}" if name is not None else str(wildcards.run)
+    if run.startswith("models/"):
+        return int(config["models"][run.split("/", 1)[1]].get("seed", 0))
+    return int(run.rsplit("seed", 1)[1])
+
+
+def model_info(config: dict, name: str) -> dict:
+    """Check one ``models`` entry before any job: the folder (JSON only, never unpickling),
+    the scheduler, the images and the boundary-search choices. Returns what the rules need."""
+    from .data import DataError
+    from .external import ModelFolderError, diffusion_from_scheduler, inspect_model_folder
+    from .images import list_image_files
+
+    entry = config["models"][name]
+    where = f"models.{name}"
+    try:
+        info = inspect_model_folder(entry["folder"])
+        diffusion = diffusion_from_scheduler(info["scheduler"], str(info["scheduler_path"]))
+    except ModelFolderError as err:
+        raise ConfigError(f"config error at {where}.folder: {err}") from None
+    unet = info["unet"]
+    size = unet.get("sample_size", 32)
+    size = size[0] if isinstance(size, list) else size
+    channels = int(unet.get("in_channels", 3))
+    if channels not in (1, 3) or unet.get("out_channels", channels) != channels:
+        raise ConfigError(f"config error at {where}.folder: a U-Net with {channels} input and "
+                          f"{unet.get('out_channels')} output channels; expected 1 or 3 of each "
+                          f"(grey or RGB images, ε or v prediction)")
+    counts = {}
+    for key in ("train", "heldout"):
+        if entry.get(key):
+            try:
+                counts[key] = count_source(entry[key])
+            except DataError as err:
+                raise ConfigError(f"config error at {where}.{key}: {err}") from None
+    if counts["train"] < 2:
+        raise ConfigError(f"config error at {where}.train: {counts['train']} image; expected "
+                          f"at least 2")
+    chosen = entry.get("boundary_images") or []
+    if any(isinstance(c, str) for c in chosen) and not entry["train"].endswith(".npz"):
+        from pathlib import Path
+
+        root = Path(entry["train"]).expanduser()
+        known = {p.relative_to(root).as_posix() for p in list_image_files(root)}
+        missing = [c for c in chosen if isinstance(c, str) and c not in known]
+        if missing:
+            raise ConfigError(f"config error at {where}.boundary_images: {missing} not found "
+                              f"among the {len(known)} images of {root} (names are paths "
+                              f"relative to that folder)")
+    bad = [c for c in chosen if isinstance(c, int) and c >= counts["train"]]
+    if bad or (chosen and entry["train"].endswith(".npz") and
+               any(isinstance(c, str) for c in chosen)):
+        raise ConfigError(f"config error at {where}.boundary_images: {chosen}; expected indices "
+                          f"below {counts['train']} (or file names of an image folder)")
+    sample = {**config["sample"], **(entry.get("sample") or {})}
+    if sample["steps"] > diffusion["num_train_timesteps"]:
+        raise ConfigError(f"config error at {where}.sample.steps: {sample['steps']} exceeds the "
+                          f"model's {diffusion['num_train_timesteps']} diffusion steps")
+    side = config.get("side")
+    if side and sample["num_samples"] < side["clusters"] * side["per_cluster"]:
+        raise ConfigError(f"config error at {where}.sample.num_samples: {sample['num_samples']} "
+                          f"is below side.clusters x side.per_cluster = "
+                          f"{side['clusters'] * side['per_cluster']}")
+    if sample["sampler"] == "euler_maruyama":
+        raise ConfigError(f"config error at {where}.sample.sampler: euler_maruyama needs a "
+                          f"sub-VP model; an imported DDPM model samples with ddpm or ddim")
+    return {"size": int(size), "channels": channels, "diffusion": diffusion,
+            "images": counts, "sample": sample, "weights": str(info["weights"])}

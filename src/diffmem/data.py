@@ -104,6 +104,27 @@ def load_medmnist(path: str | os.PathLike, flag: str, size: int) -> dict[str, np
     return arrays
 
 
+def dataset_arrays(name: str, entry: dict | None, size: int, root: str, download: bool
+                   ) -> dict[str, np.ndarray]:
+    """A dataset's splits in the MedMNIST layout: a MedMNIST file (``entry`` None), or your own
+    images (``entry`` with ``train`` and ``heldout`` folders or .npz files), the held-out images
+    as ``val`` and an empty ``test``. Your images carry no labels (zeros)."""
+    if entry is None:
+        return load_medmnist(locate_medmnist(name, size, root, download), name, size)
+    from .images import read_images
+
+    kw = dict(size=size, channels=int(entry.get("channels", 1)),
+              resize=bool(entry.get("resize", True)))
+    train, _ = read_images(entry["train"], **kw)
+    heldout, _ = read_images(entry["heldout"], **kw)
+    def zeros(n):
+        return np.zeros((n, 1), np.uint8)
+
+    return {"train_images": train, "train_labels": zeros(len(train)),
+            "val_images": heldout, "val_labels": zeros(len(heldout)),
+            "test_images": heldout[:0], "test_labels": zeros(0)}
+
+
 @dataclass(frozen=True)
 class SAF:
     """A synthetic anatomic fingerprint: a constant grey disc, wholly inside the image."""
@@ -171,20 +192,23 @@ def prepare_data(*, flag: str, size: int, root: str, download: bool, n_train: in
                  saf_radius: float, saf_grey: float, to_rgb: bool, out_train: str,
                  out_target: str, out_target_json: str, out_heldout: str,
                  out_figure: str, out_unused: str | None = None,
-                 max_twin_similarity: float = 0.95) -> dict:
+                 max_twin_similarity: float = 0.95, entry: dict | None = None) -> dict:
     """Build the training set with one fingerprinted image and write the stage's outputs.
 
     The subset is drawn with ``numpy.random.default_rng(seed)``; the same seed gives
     byte-identical files. The target is one image of the subset with no near-duplicate in the
     train and held-out splits (:func:`unique_target`); its clean original is replaced by the
-    stamped copy, so the SAF occurs exactly once in the training data.
+    stamped copy, so the SAF occurs exactly once in the training data. ``entry``: your own
+    images instead of a MedMNIST file (see :func:`dataset_arrays`).
     """
-    limit = max_train_size(flag)
-    if not 2 <= n_train <= limit:
+    limit = max_train_size(flag) if entry is None else None
+    if limit is not None and not 2 <= n_train <= limit:
         raise DataError(f"training size {n_train} for {flag}: expected 2..{limit} "
                         f"(the number of images in its train split)")
-    arrays = load_medmnist(locate_medmnist(flag, size, root, download), flag, size)
+    arrays = dataset_arrays(flag, entry, size, root, download)
     train_all = arrays["train_images"]
+    if n_train < 2:
+        raise DataError(f"training size {n_train} for {flag}: expected at least 2")
     if n_train > len(train_all):
         raise DataError(f"training size {n_train} exceeds the {len(train_all)} training images "
                         f"in the file for {flag}; the maximum is {len(train_all)}")

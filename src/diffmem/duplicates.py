@@ -99,17 +99,44 @@ def group_images(images: np.ndarray, *, metric: str = "rms", threshold: float = 
             "max_diameter": float(max_diameter)}
 
 
+def mirror_pairs(images: np.ndarray, metric: str, threshold: float, device="cpu") -> np.ndarray:
+    """Pairs (i < j) where image j is a near-duplicate of image i's left-right mirror."""
+    from .images import mirror
+
+    n = len(images)
+    p = near_pairs(np.concatenate([images, mirror(images)]), metric, threshold, device)
+    p = p[(p[:, 0] < n) & (p[:, 1] >= n)]
+    p = np.stack([p[:, 0], p[:, 1] - n], 1)
+    p = np.sort(p[p[:, 0] != p[:, 1]], axis=1)
+    return np.unique(p, axis=0) if len(p) else np.zeros((0, 2), np.int64)
+
+
+def _merge(groups: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Group labels after joining the groups of every pair (i, j)."""
+    if not len(pairs):
+        return groups
+    return _components(int(groups.max()) + 1, groups[pairs])[groups]
+
+
 def duplicates_stage(*, flag: str, arrays: dict, metric: str, threshold: float,
                      max_diameter: float | None, device: str, out_npz: str, out_json: str,
-                     out_png: str) -> dict:
-    """Groups over train ∪ val ∪ test of one dataset file, and what they mean for a run."""
+                     out_png: str, mirror: bool = False) -> dict:
+    """Groups over train ∪ val ∪ test of one dataset file, and what they mean for a run.
+
+    ``mirror`` (a model trained with random flips): an image and a near-duplicate of its mirror
+    image are near-duplicates too; such pairs join their groups (not split again as chains)."""
     from .diffusion import resolve_device
 
     train = arrays["train_images"]
     heldout = np.concatenate([arrays["val_images"], arrays["test_images"]])
     images = np.concatenate([train, heldout])
+    dev = resolve_device(device)
     res = group_images(images, metric=metric, threshold=threshold, max_diameter=max_diameter,
-                       device=resolve_device(device))
+                       device=dev)
+    if mirror:
+        extra = mirror_pairs(images, metric, threshold, dev)
+        res["groups"] = _merge(res["groups"], extra)
+        res["pairs"] = np.unique(np.concatenate([res["pairs"], extra]), axis=0)
     g = res["groups"]
     tg, hg = g[: len(train)], g[len(train):]
     size = np.bincount(g)

@@ -185,12 +185,90 @@ def nearest_accept(refs: np.ndarray, group: np.ndarray, device="cpu"):
     return accept
 
 
+def search_queries(model, process, sampler: str, steps: int, queries: list, refs: np.ndarray,
+                   cfg: dict, seed: int, dev, bf16: bool, extra_accept: dict | None = None
+                   ) -> tuple[dict, pd.DataFrame, float]:
+    """The boundary search from every query (name, image, indices of its group in ``refs``)
+    with the classifier-free test (:func:`nearest_accept`); ``extra_accept[name]`` adds a second
+    rule for that query (the paper's C_SAF ∧ C_ID for the target). One sampler, one random
+    stream, for the fingerprint audit and for an imported model's training images alike."""
+    from .audit import t50, t50_interval
+
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    coef = process.coefficients(dev)
+    autocast = bf16 and dev.type == "cuda"
+    chunk = int(cfg.get("batch_size", 4096))
+    extra_accept = extra_accept or {}
+
+    def noise_fn(x0, t):
+        return process.add_noise(x0, torch.randn(x0.shape, generator=gen, device=dev), t, coef)
+
+    def reverse_fn(x_t, t):
+        out = []
+        for i in range(0, len(x_t), chunk):  # one batch per chunk: every t runs together
+            out.append(reverse(model, process, x_t[i:i + chunk], t[i:i + chunk].cpu().numpy(),
+                               sampler=sampler, steps=steps, generator=gen, autocast=autocast))
+        return torch.cat(out)
+
+    t0 = time.perf_counter()
+    results, frames = {}, []
+    for name, image, members in queries:
+        group = np.zeros(len(refs), bool)
+        group[members] = True
+        near = nearest_accept(refs, group, dev)
+        extra = extra_accept.get(name)
+        accept = (lambda x0, near=near, extra=extra: torch.stack([near(x0), extra(x0)], 1)) \
+            if extra else near
+        x_q = normalise(as_nchw_uint8(image[None], dev))
+        res = boundary_search(x_q, process.T, int(cfg["trajectories"]), noise_fn, reverse_fn,
+                              accept, method=cfg["method"], t_step=int(cfg["t_step"]),
+                              points_per_round=int(cfg.get("points_per_round", 8)))
+        res["t50"] = t50(res["t"], res["k"], res["m"], process.T)
+        res["t50_ci"] = t50_interval(res["t"], res["k"], res["m"], process.T, seed=seed)
+        results[name] = res
+        frame = pd.DataFrame({"query": name, "t": res["t"], "t_over_T": res["t"] / process.T,
+                              "accepted": res["k"], "m": res["m"], "p_hat": res["p_hat"],
+                              "ci_low": res["ci_low"], "ci_high": res["ci_high"]})
+        if extra:
+            frame["accepted_classifiers"] = res["k_rules"][:, 1]
+        frames.append(frame)
+    seconds = round(time.perf_counter() - t0, 2)
+    return results, pd.concat(frames, ignore_index=True), seconds
+
+
+def walk_back_summary(tr: dict, controls: list[dict], T: int) -> dict:
+    """A query's boundary beside its controls': ρ, t50 with its interval, the rank p-values,
+    the walk-back answer and the false-accept rate from nearly pure noise."""
+    from .audit import rank_p_value, walks_back
+
+    # false accepts: controls' acceptance from nearly pure noise (t/T ≥ 0.9), where no reverse
+    # run can know an unseen image; times the target search's reverse runs
+    hi_t = [(c["k"][c["t"] >= 0.9 * T].sum(), (c["t"] >= 0.9 * T).sum() * c["m"])
+            for c in controls]
+    k_fa, n_fa = sum(h[0] for h in hi_t), sum(h[1] for h in hi_t)
+    fa_rate = float(k_fa / n_fa) if n_fa else None
+    return {
+        "rho": tr["rho"], "t_star": tr["t_star"],
+        "rho_control": [c["rho"] for c in controls],
+        "t50": tr["t50"], "t50_ci": list(tr["t50_ci"]),
+        "t50_control": [c["t50"] for c in controls],
+        "t50_control_ci": [list(c["t50_ci"]) for c in controls],
+        "rank_p_value_t50": rank_p_value(tr["t50"], [c["t50"] for c in controls]),
+        "rank_p_value_rho": rank_p_value(tr["rho"], [c["rho"] for c in controls]),
+        "walks_back": walks_back(tr["t50"], tr["t50_ci"], [c["t50"] for c in controls]),
+        "false_accept_rate": fa_rate,
+        "expected_false_accepts": None if fa_rate is None else fa_rate * tr["evaluations"] *
+        tr["m"],
+        "t_star_is_lower_bound": tr["t_star_is_lower_bound"],
+    }
+
+
 def boundary_stage(*, weights: str, model_config: str, target_npz: str, target_json: str,
                    train_npz: str, heldout_npz: str, unused_npz: str, c_saf: str, c_id: str,
                    classifiers_json: str, threshold: float, cfg: dict, seed: int, device: str,
                    bf16: bool, out_csv: str, out_json: str, out_png: str) -> dict:
     """The boundary search from the target and from matched control images (module audit)."""
-    from .audit import rank_p_value, t50, t50_interval, upper_darboux, walks_back
+    from .audit import upper_darboux
 
     dev = resolve_device(device)
     model, process, sampler, steps, nets = _dpm_and_detectors(weights, model_config, c_saf, c_id,
@@ -212,48 +290,13 @@ def boundary_stage(*, weights: str, model_config: str, target_npz: str, target_j
     for j, h in enumerate(ctl["heldout_index"]):
         queries.append((f"control {j + 1}", stamped[j], [n_tr + int(h), n_tr + n_h + 1 + j]))
 
-    gen = torch.Generator(device=dev).manual_seed(seed)
-    coef = process.coefficients(dev)
-    autocast = bf16 and dev.type == "cuda"
-    chunk = int(cfg.get("batch_size", 4096))
-
-    def noise_fn(x0, t):
-        return process.add_noise(x0, torch.randn(x0.shape, generator=gen, device=dev), t, coef)
-
-    def reverse_fn(x_t, t):
-        out = []
-        for i in range(0, len(x_t), chunk):  # one batch per chunk: every t runs together
-            out.append(reverse(model, process, x_t[i:i + chunk], t[i:i + chunk].cpu().numpy(),
-                               sampler=sampler, steps=steps, generator=gen, autocast=autocast))
-        return torch.cat(out)
-
     def classifiers_accept(x0):
         p_saf, p_id = classify(nets, x0)
         return (p_saf > threshold) & (p_id > threshold)
 
-    t0 = time.perf_counter()
-    results, frames = {}, []
-    for name, image, members in queries:
-        group = np.zeros(len(refs), bool)
-        group[members] = True
-        near = nearest_accept(refs, group, dev)
-        accept = (lambda x0, near=near: torch.stack([near(x0), classifiers_accept(x0)], 1)) \
-            if name == "target" else near
-        x_q = normalise(as_nchw_uint8(image[None], dev))
-        res = boundary_search(x_q, process.T, int(cfg["trajectories"]), noise_fn, reverse_fn,
-                              accept, method=cfg["method"], t_step=int(cfg["t_step"]),
-                              points_per_round=int(cfg.get("points_per_round", 8)))
-        res["t50"] = t50(res["t"], res["k"], res["m"], process.T)
-        res["t50_ci"] = t50_interval(res["t"], res["k"], res["m"], process.T, seed=seed)
-        results[name] = res
-        frame = pd.DataFrame({"query": name, "t": res["t"], "t_over_T": res["t"] / process.T,
-                              "accepted": res["k"], "m": res["m"], "p_hat": res["p_hat"],
-                              "ci_low": res["ci_low"], "ci_high": res["ci_high"]})
-        if name == "target":
-            frame["accepted_classifiers"] = res["k_rules"][:, 1]
-        frames.append(frame)
-    seconds = round(time.perf_counter() - t0, 2)
-    df = pd.concat(frames, ignore_index=True)
+    results, df, seconds = search_queries(
+        model, process, sampler, steps, queries, refs, cfg, seed, dev, bf16,
+        extra_accept={"target": classifiers_accept})
     _csv(df, out_csv)
     tr = results["target"]
     controls = [results[q[0]] for q in queries[1:]]
@@ -261,30 +304,13 @@ def boundary_stage(*, weights: str, model_config: str, target_npz: str, target_j
     k_paper = tr["k_rules"][:, 1]
     t_paper = int(tr["t"][k_paper > 0].max()) if (k_paper > 0).any() else None
     area_paper = upper_darboux(tr["t"], k_paper, tr["m"], process.T)
-    # false accepts: controls' acceptance from nearly pure noise (t/T ≥ 0.9), where no reverse
-    # run can know an unseen image; times the target search's reverse runs
-    hi_t = [(c["k"][c["t"] >= 0.9 * process.T].sum(), (c["t"] >= 0.9 * process.T).sum() * c["m"])
-            for c in controls]
-    k_fa, n_fa = sum(h[0] for h in hi_t), sum(h[1] for h in hi_t)
-    fa_rate = float(k_fa / n_fa) if n_fa else None
     summary = {
-        "rho": tr["rho"], "t_star": tr["t_star"],
+        **walk_back_summary(tr, controls, process.T),
         "rule": "the output's nearest image is the query (or its clean original), and it is "
                 "closer to it than the query is to any other image",
-        "rho_control": [c["rho"] for c in controls],
-        "t50": tr["t50"], "t50_ci": list(tr["t50_ci"]),
-        "t50_control": [c["t50"] for c in controls],
-        "t50_control_ci": [list(c["t50_ci"]) for c in controls],
-        "rank_p_value_t50": rank_p_value(tr["t50"], [c["t50"] for c in controls]),
-        "rank_p_value_rho": rank_p_value(tr["rho"], [c["rho"] for c in controls]),
-        "walks_back": walks_back(tr["t50"], tr["t50_ci"], [c["t50"] for c in controls]),
-        "false_accept_rate": fa_rate,
-        "expected_false_accepts": None if fa_rate is None else fa_rate * tr["evaluations"] *
-        tr["m"],
         "rho_paper": (t_paper / process.T) if t_paper is not None else 0.0,
         "t_star_paper": t_paper, "upper_darboux_area": area_paper,
         "upper_darboux_area_nearest": tr["upper_darboux_area"],
-        "t_star_is_lower_bound": tr["t_star_is_lower_bound"],
         "controls": [{"heldout_index": int(h), "nn_similarity": float(s)}
                      for h, s in zip(ctl["heldout_index"], ctl["nn_similarity"], strict=True)],
         "target_nn_similarity": ctl["target_nn_similarity"],
@@ -307,7 +333,8 @@ def _boundary_figure(df, s, path):
                         color=color)
         ax.plot(g["t_over_T"], g["p_hat"], "o-" if target else "-", ms=3,
                 lw=1.6 if target else 0.8, color=color,
-                label="target x_SAF" if target else (name if name == "control 1" else None))
+                label=(("training image " + s["query"]["name"]) if s.get("query_kind") else
+                       "target x_SAF") if target else (name if name == "control 1" else None))
         if target and "accepted_classifiers" in g:
             ax.plot(g["t_over_T"], g["accepted_classifiers"] / g["m"], "--", lw=1, color="C1",
                     label="target, C_SAF ∧ C_ID (paper's t′)")

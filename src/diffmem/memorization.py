@@ -58,8 +58,10 @@ class Scorer:
         self.edges: dict[str, list] = {}
 
     def nn(self, images: np.ndarray) -> dict:
+        # mirror: the model was trained with random flips, so a mirrored copy is a copy
         return {kind: sc.nearest(images, self.train, kind=kind, top_k=self.k,
-                                 device=self.device) for kind in sc.SIMILARITIES}
+                                 device=self.device, mirror=bool(self.cfg.get("mirror")))
+                for kind in sc.SIMILARITIES}
 
     def carlini_view(self, nns: dict) -> dict:
         n = int(self.cfg["carlini"]["n"])

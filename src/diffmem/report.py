@@ -113,6 +113,53 @@ def run_section(run_dir: Path, base: Path, dataset: str, n: int, seed: int) -> s
     return "\n".join(parts)
 
 
+def model_section(run_dir: Path, base: Path, name: str) -> str:
+    """An imported model: where it came from, its images, samples and every audit."""
+    model = load_json(run_dir / "model/model_config.json")
+    images = load_json(run_dir / "data/images.json")
+    samples = load_json(run_dir / "samples/samples.json")
+    dup = load_json(run_dir / "near_duplicates.json")
+    src, diff = model.get("source", {}), model["diffusion"]
+    schedule = "trained betas" if diff.get("trained_betas") else diff["beta_schedule"]
+    rows = [
+        ("model folder", f"`{src.get('folder', '?')}` ({src.get('scheduler', '?')})"),
+        ("noise process", f"T = {diff['num_train_timesteps']}, {schedule}, "
+                          f"{diff.get('prediction_type', 'epsilon')} prediction"),
+        ("training / held-out images", f"{images['train_images']} / {images['heldout_images']}"
+                                       f" ({images['image_size']} px, {images['channels']} "
+                                       f"channel(s), resize {images['resize']})"),
+        ("held-out images sharing a near-duplicate group with a training image",
+         f"{dup['heldout_images_sharing_a_group_with_train']} (left out of the null)"),
+        ("samples", f"{samples['num_samples']:,} ({samples['sampler']}, {samples['steps']} steps)"),
+    ]
+    audit = run_dir / "audit"
+    if (audit / "boundary.json").exists():
+        b = load_json(audit / "boundary.json")
+        q = b["query"]
+        rows += [
+            ("boundary search from", f"training image {q['name']} ({q['chosen']}); "
+                                     f"{len(b['t50_control'])} unseen controls"),
+            ("t50 [95 % interval], image / controls",
+             f"**{b['t50']:.3f}** [{b['t50_ci'][0]:.3f}, {b['t50_ci'][1]:.3f}] / "
+             + ", ".join(f"{r:.3f}" for r in b["t50_control"])),
+            ("ρ, image / controls", f"{b['rho']:.3f} / "
+                                    + ", ".join(f"{r:.3f}" for r in b["rho_control"])),
+            ("walks back to the training image?", f"**{b['walks_back']}** (rank p "
+                                                  f"{b['rank_p_value_t50']:.3f})"),
+        ]
+    parts = [f"## Imported model {name}", "", _table(rows), "",
+             f"![samples]({_rel(run_dir / 'samples/grid.png', base)})", "",
+             "*Images sampled from the imported model.*", ""]
+    if (audit / "boundary.json").exists():
+        parts += [f"![boundary]({_rel(audit / 'boundary.png', base)})", "",
+                  "*Boundary search from a training image and from unseen controls.*", ""]
+    if (run_dir / "side/metrics.json").exists():
+        parts += side_section(run_dir / "side", base)
+    if (audit / "membership.json").exists():
+        parts += membership_section(audit, base)
+    return "\n".join(parts)
+
+
 def _detector_rows(audit: Path) -> list[tuple[str, str]]:
     if not (audit / "detectors.json").exists():
         return []
@@ -212,11 +259,19 @@ def membership_section(audit: Path, base: Path) -> list[str]:
 ANSWER_ORDER = ("plain_copies", "side_extracts_more", "membership", "walks_back")
 
 
+def run_label(run) -> str:
+    """``breastmnist N=64 seed 0`` for a trained run, ``model NAME`` for an imported one."""
+    return f"model {run}" if isinstance(run, str) else "{} N={} seed {}".format(*run)
+
+
 def walk_back_test(b: dict) -> dict:
     """The boundary search's answer as a verdict row: target t50 against the controls'."""
     top = max(b["t50_control"]) if b["t50_control"] else float("nan")
-    return {"question": "does the model walk back to the fingerprinted image from more noise "
-                        "than to unseen images?",
+    what = ("the most copied training image" if b.get("query", {}).get("chosen", "").startswith(
+        "most") else "the chosen training image") if b.get("query_kind") else \
+        "the fingerprinted image"
+    return {"question": f"does the model walk back to {what} from more noise than to unseen "
+                        f"images?",
             "statistic": f"t50 (isotonic p̂_t = 0.5) of the target minus the largest of "
                          f"{len(b['t50_control'])} matched unseen controls'; p = rank among them",
             "value": b["t50"], "null_value": top, "effect": b["t50"] - top,
@@ -231,8 +286,8 @@ def verdict_rows(runs: list, metrics: list[str], membership: list[str], alpha: f
 
     rows = []
     boundaries = boundaries or [None] * len(runs)
-    for (dataset, n, seed), mp, bp, wp in zip(runs, metrics, membership, boundaries,
-                                              strict=True):
+    for run, mp, bp, wp in zip(runs, metrics, membership, boundaries, strict=True):
+        dataset, n, seed = (f"models/{run}", None, None) if isinstance(run, str) else run
         tests = dict(load_json(mp)["tests"])
         tests["membership"] = load_json(bp)
         if wp and "t50_control" in load_json(wp):
@@ -241,7 +296,9 @@ def verdict_rows(runs: list, metrics: list[str], membership: list[str], alpha: f
             if key not in tests:
                 continue
             t = tests[key]
-            rows.append({"dataset": dataset, "N": int(n), "seed": int(seed),
+            rows.append({"run": run_label(run), "dataset": dataset,
+                         "N": None if n is None else int(n),
+                         "seed": None if seed is None else int(seed),
                          "question": t["question"],
                          "answer": t.get("answer") or decide(t, alpha=alpha,
                                                              margin=t["margin"],
@@ -267,7 +324,7 @@ def verdict_stage(*, runs: list, metrics: list[str], membership: list[str], alph
     lines = ["| run | question | answer | primary statistic | value (null) | effect [95 % CI] "
              "| p | margin |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['dataset']} N={r['N']} seed {r['seed']} | {r['question']} | "
+        lines.append(f"| {r['run']} | {r['question']} | "
                      f"**{r['answer']}** | {r['primary statistic']} | {r['value']:.3f} "
                      f"({r['null']:.3f}) | {r['effect']:.3f} [{r['ci_low']:.3f}, "
                      f"{r['ci_high']:.3f}] | {r['p_value']:.3g} | {r['margin']:g} |")
@@ -326,8 +383,12 @@ def write_report(*, out_markdown: str, runs: list, run_dirs: list[str], title: s
                   t2, ""]
     if fingerprint_figure:
         lines += [f"![vs N]({_rel(Path(fingerprint_figure), base)})", ""]
-    for (dataset, n, seed), run_dir in zip(runs, run_dirs, strict=True):
-        lines.append(run_section(Path(run_dir), base, dataset, int(n), int(seed)))
+    for run, run_dir in zip(runs, run_dirs, strict=True):
+        if isinstance(run, str):
+            lines.append(model_section(Path(run_dir), base, run))
+        else:
+            dataset, n, seed = run
+            lines.append(run_section(Path(run_dir), base, dataset, int(n), int(seed)))
     lines += ["## Settings", "", "```yaml", yaml.safe_dump(settings, sort_keys=False).rstrip(),
               "```", ""]
     save_text(out_markdown, "\n".join(lines))

@@ -81,12 +81,20 @@ def similarity_blocks(queries: np.ndarray, refs: np.ndarray, kind: str, device="
 
 
 def nearest(queries: np.ndarray, refs: np.ndarray, *, kind: str = "cosine", top_k: int = 50,
-            device="cpu", chunk: int = 2048) -> dict:
+            device="cpu", chunk: int = 2048, mirror: bool = False) -> dict:
     """The ``top_k`` most similar reference images of every query (descending). With
-    ``kind="l2"`` the ℓ2 distances (pixels in [0, 1]) are (1 − sim)·sqrt(D)."""
+    ``kind="l2"`` the ℓ2 distances (pixels in [0, 1]) are (1 − sim)·sqrt(D).
+
+    ``mirror``: a reference also matches in its left-right mirror image (a model trained with
+    random flips saw both); the similarity to reference j is then the larger of the two.
+    Mirroring the query instead of the reference gives the same similarity."""
     k = min(top_k, len(refs))
     sims, idx = [], []
+    flipped = (similarity_blocks(np.ascontiguousarray(queries[:, :, ::-1]), refs, kind, device,
+                                 chunk) if mirror else None)
     for _, s in similarity_blocks(queries, refs, kind, device, chunk):
+        if flipped is not None:
+            s = torch.maximum(s, next(flipped)[1])
         top = s.topk(k, dim=1)
         sims.append(top.values.cpu())
         idx.append(top.indices.cpu())
@@ -96,10 +104,11 @@ def nearest(queries: np.ndarray, refs: np.ndarray, *, kind: str = "cosine", top_
 
 
 def nearest_other(queries: np.ndarray, pool: np.ndarray, own: np.ndarray, *,
-                  kind: str = "cosine", device="cpu") -> tuple[np.ndarray, np.ndarray]:
+                  kind: str = "cosine", device="cpu", mirror: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """(similarity, index) of each query's most similar pool image other than its own copy in
     the pool (``own[i]``, its index there; an exact duplicate at another index still counts)."""
-    nn_ = nearest(queries, pool, kind=kind, top_k=2, device=device)
+    nn_ = nearest(queries, pool, kind=kind, top_k=2, device=device, mirror=mirror)
     col = (nn_["index"][:, 0] == np.asarray(own)).astype(int)
     rows = np.arange(len(col))
     return nn_["sim"][rows, col], nn_["index"][rows, col]

@@ -15,6 +15,7 @@ with logged(sm.log[0]):
         saf_grey=sm.params.saf["grey"],
         max_twin_similarity=sm.params.saf.get("max_twin_similarity", 0.95),
         to_rgb=sm.params.to_rgb,
+        entry=sm.params.entry,
         out_train=sm.output.train,
         out_target=sm.output.target,
         out_target_json=sm.output.target_json,

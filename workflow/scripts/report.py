@@ -9,8 +9,9 @@ with logged(sm.log[0]):
         run_dirs=sm.params.run_dirs,
         title=sm.params.title,
         settings=sm.params.settings,
-        fingerprint_tables=[sm.input.table1, sm.input.table2],
-        fingerprint_figure=sm.input.vs_n,
+        # tables 1 and 2 and their figure, when the workflow trained models
+        fingerprint_tables=list(sm.input.tables)[:2] or None,
+        fingerprint_figure=list(sm.input.tables)[2] if sm.input.tables else None,
         verdict=sm.input.verdict,
         duplicates=list(sm.input.duplicates),
     )

@@ -1,3 +1,4 @@
+from diffmem.config import run_seed
 from diffmem.runner import logged
 from diffmem.sampling import sample_stage
 
@@ -11,7 +12,7 @@ with logged(sm.log[0]):
         batch_size=cfg.get("batch_size", 1000),
         sampler=cfg["sampler"],
         steps=cfg["steps"],
-        seed=int(sm.wildcards.seed) * 1000 + cfg.get("seed", 1),
+        seed=run_seed(sm.wildcards, sm.config) * 1000 + cfg.get("seed", 1),
         device=sm.params.device,
         bf16=cfg.get("bf16", True),
         out_samples=sm.output.samples,

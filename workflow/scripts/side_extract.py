@@ -1,3 +1,4 @@
+from diffmem.config import run_seed
 from diffmem.runner import logged
 from diffmem.side import extract_stage
 
@@ -14,7 +15,7 @@ with logged(sm.log[0]):
             sampler=sm.params.sampler,
             steps=sm.params.steps,
             batch_size=sm.params.batch_size,
-            seed=int(sm.wildcards.seed) * 1000 + sm.params.seed,
+            seed=run_seed(sm.wildcards, sm.config) * 1000 + sm.params.seed,
             device=sm.params.device,
             bf16=sm.params.bf16,
             out_npz=sm.output.samples,

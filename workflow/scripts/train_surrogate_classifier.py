@@ -1,3 +1,4 @@
+from diffmem.config import run_seed
 from diffmem.runner import logged
 from diffmem.side import classifier_stage
 
@@ -9,7 +10,7 @@ with logged(sm.log[0]):
             labels_npz=sm.input.labels,
             model_config=sm.input.config,
             cfg=sm.params.classifier,
-            seed=int(sm.wildcards.seed),
+            seed=run_seed(sm.wildcards, sm.config),
             device=sm.params.device,
             out_weights=sm.output.weights,
             out_json=sm.output.metrics,

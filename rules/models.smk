@@ -1,0 +1,108 @@
+# Imported models (config "models"): a diffusers model you already have, audited on its own
+# training and held-out images. These rules write the run folder results/models/{name}/ in
+# the layout of a trained run, so sampling, SIDE, the memorization scores and membership
+# inference (rules with a {run} wildcard) run on it unchanged.
+
+
+rule import_model:
+    """The model folder as the workflow's own files: safetensors weights and a JSON config
+    with the scheduler mapped onto the noise process (pickled weights are never read).
+    """
+    input:
+        weights=lambda wc: MODELS[wc.name]["weights"],
+    output:
+        weights="results/models/{name}/model/model.safetensors",
+        config="results/models/{name}/model/model_config.json",
+    log:
+        "logs/models/{name}/import_model.log",
+    conda:
+        CONDA_ENV
+    params:
+        folder=lambda wc: config["models"][wc.name]["folder"],
+    script:
+        "../workflow/scripts/import_model.py"
+
+
+rule import_images:
+    """The model's training and held-out images, preprocessed as it was trained."""
+    output:
+        train="results/models/{name}/data/train.npz",
+        heldout="results/models/{name}/data/heldout.npz",
+        unused="results/models/{name}/data/unused_train.npz",
+        summary="results/models/{name}/data/images.json",
+    log:
+        "logs/models/{name}/import_images.log",
+    conda:
+        CONDA_ENV
+    params:
+        # the entry's images are the data: changing where they are re-reads them
+        train=lambda wc: config["models"][wc.name]["train"],
+        heldout=lambda wc: config["models"][wc.name]["heldout"],
+        resize=lambda wc: config["models"][wc.name].get("resize", True),
+        size=lambda wc: MODELS[wc.name]["size"],
+        channels=lambda wc: MODELS[wc.name]["channels"],
+    script:
+        "../workflow/scripts/import_images.py"
+
+
+rule model_duplicates:
+    """Near-duplicate groups over the model's training and held-out images."""
+    input:
+        train="results/models/{name}/data/train.npz",
+        heldout="results/models/{name}/data/heldout.npz",
+    output:
+        npz="results/models/{name}/near_duplicates.npz",
+        summary="results/models/{name}/near_duplicates.json",
+        figure=report(
+            "results/models/{name}/near_duplicates.png",
+            caption="../workflow/report/near_duplicates.rst",
+            category="models/{name}",
+            labels={"figure": "near-duplicates"},
+        ),
+    log:
+        "logs/models/{name}/near_duplicates.log",
+    conda:
+        CONDA_ENV
+    resources:
+        **gpu_resources(),
+    params:
+        duplicates=config["duplicates"],
+        mirror=lambda wc: config["models"][wc.name].get("random_flip", False),
+        device=config.get("device", "auto"),
+    script:
+        "../workflow/scripts/near_duplicates.py"
+
+
+rule boundary_search_images:
+    """The boundary search from chosen training images and unseen controls, no fingerprint."""
+    input:
+        weights="results/models/{name}/model/model.safetensors",
+        config="results/models/{name}/model/model_config.json",
+        train="results/models/{name}/data/train.npz",
+        heldout="results/models/{name}/data/heldout.npz",
+        samples="results/models/{name}/samples/samples.npz",
+        duplicates="results/models/{name}/near_duplicates.npz",
+    output:
+        csv="results/models/{name}/audit/boundary.csv",
+        summary="results/models/{name}/audit/boundary.json",
+        figure=report(
+            "results/models/{name}/audit/boundary.png",
+            caption="../workflow/report/boundary.rst",
+            category="models/{name}",
+            labels={"figure": "boundary search"},
+        ),
+    log:
+        "logs/models/{name}/boundary_search.log",
+    conda:
+        CONDA_ENV
+    resources:
+        **gpu_resources(),
+    params:
+        boundary=config["boundary"],
+        chosen=lambda wc: config["models"][wc.name].get("boundary_images", []),
+        how_many=lambda wc: config["models"][wc.name].get("boundary_count", 1),
+        mirror=lambda wc: config["models"][wc.name].get("random_flip", False),
+        bf16=config["sample"].get("bf16", True),
+        device=config.get("device", "auto"),
+    script:
+        "../workflow/scripts/boundary_search_images.py"

@@ -1,0 +1,140 @@
+"""A user's own images: a folder of PNG/JPEG files (searched recursively) or an ``.npz``.
+
+Images are brought to the model's input as its training pipeline did: the shorter side resized
+to the model's size and the centre cropped (``resize: true``, the diffusers training examples'
+``Resize`` + ``CenterCrop``), or taken as they are when they already have that size
+(``resize: false``); then converted to grey or RGB for the model's channels. 16-bit images are
+scaled to 8 bits (the workflow's pixels are uint8 everywhere). Every problem is one
+:class:`~diffmem.data.DataError` line naming the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .data import DataError
+
+EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+
+def list_image_files(folder: str | Path) -> list[Path]:
+    """PNG/JPEG files under ``folder`` (recursively), in a fixed order: sorted relative paths."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"image folder not found: {folder}")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and
+                   p.suffix.lower() in EXTENSIONS and not p.name.startswith("."))
+    if not files:
+        raise DataError(f"no PNG/JPEG images in {folder} (searched recursively for "
+                        f"{', '.join(EXTENSIONS)})")
+    return files
+
+
+def count_images(source: str | Path) -> int:
+    """How many images a source holds, cheaply (for the config checks before any job)."""
+    path = Path(source).expanduser()
+    if path.suffix == ".npz":
+        return len(_npz_images(path))
+    return len(list_image_files(path))
+
+
+def _npz_images(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise DataError(f"image file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            key = "images" if "images" in f.files else None
+            if key is None:
+                raise DataError(f"{path} has no array 'images'; found {sorted(f.files)} "
+                                f"(expected images of shape (N, H, W) or (N, H, W, C))")
+            images = f[key]
+    except DataError:
+        raise
+    except Exception as err:
+        raise DataError(f"cannot read {path} as an .npz without pickles ({err})") from None
+    if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3)):
+        raise DataError(f"{path}: images has shape {images.shape}; expected (N, H, W) or "
+                        f"(N, H, W, 1 or 3)")
+    if images.dtype not in (np.uint8, np.uint16):
+        raise DataError(f"{path}: images is {images.dtype}; expected uint8 or uint16 pixels")
+    return images
+
+
+def _to_uint8(a: np.ndarray) -> np.ndarray:
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype == np.uint16 or a.max() > 255:  # 16-bit PNGs: full range to 8 bits
+        return np.round(a.astype(np.float64) / 257.0).clip(0, 255).astype(np.uint8)
+    return a.clip(0, 255).astype(np.uint8)
+
+
+def _pil(path: Path):
+    from PIL import Image
+
+    try:
+        img = Image.open(path)
+        img.load()
+    except Exception as err:
+        raise DataError(f"cannot read image {path} ({err})") from None
+    return img
+
+
+def _array(img, channels: int) -> np.ndarray:
+    """uint8 (H, W) for one channel, (H, W, 3) for three, from any PIL mode (16-bit too)."""
+    from PIL import Image
+
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = _to_uint8(np.asarray(img).astype(np.uint32))
+        img = Image.fromarray(a, mode="L")
+    elif img.mode not in ("L", "RGB"):
+        img = img.convert("RGBA").convert("RGB") if "A" in img.mode or img.mode == "P" \
+            else img.convert("RGB")
+    img = img.convert("L" if channels == 1 else "RGB")
+    return np.asarray(img, dtype=np.uint8)
+
+
+def _resize(a: np.ndarray, size: int, resize: bool, where: str) -> np.ndarray:
+    from PIL import Image
+
+    h, w = a.shape[:2]
+    if (h, w) == (size, size):
+        return a
+    if not resize:
+        raise DataError(f"{where} is {w}x{h}; the model takes {size}x{size} (set resize: true "
+                        f"to resize the shorter side and crop the centre)")
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    img = Image.fromarray(a).resize((nw, nh), Image.BILINEAR)  # antialiased when shrinking
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return np.asarray(img)[top:top + size, left:left + size]
+
+
+def read_images(source: str | Path, *, size: int, channels: int, resize: bool = True
+                ) -> tuple[np.ndarray, list[str]]:
+    """uint8 images (N, size, size) for one channel or (N, size, size, 3) for three, and a name
+    per image (its path relative to the folder, or ``#i`` for an ``.npz``)."""
+    if channels not in (1, 3):
+        raise DataError(f"images for {channels} channels: expected 1 (grey) or 3 (RGB)")
+    path = Path(source).expanduser()
+    out, names = [], []
+    if path.suffix == ".npz":
+        from PIL import Image
+
+        raw = _npz_images(path)
+        for i, a in enumerate(raw):
+            a = _to_uint8(a[..., 0] if a.ndim == 3 and a.shape[-1] == 1 else a)
+            img = Image.fromarray(a)
+            out.append(_resize(_array(img, channels), size, resize, f"{path} image {i}"))
+            names.append(f"#{i}")
+    else:
+        for f in list_image_files(path):
+            out.append(_resize(_array(_pil(f), channels), size, resize, str(f)))
+            names.append(f.relative_to(path).as_posix())
+    return np.stack(out), names
+
+
+def mirror(images: np.ndarray) -> np.ndarray:
+    """Left-right mirror images (N, H, W[, C]): what a random-flip training pipeline shows."""
+    return np.ascontiguousarray(images[:, :, ::-1])

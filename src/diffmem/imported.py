@@ -1,0 +1,159 @@
+"""Stages of an imported model (``models:`` in the config): its images, their near-duplicates,
+and the boundary search on chosen training images without a fingerprint.
+
+The imported model's run folder (``results/models/{name}/``) holds the same files as a trained
+run (``data/train.npz``, ``data/heldout.npz``, ``data/unused_train.npz`` — empty here —,
+``model/model.safetensors``), so sampling, SIDE, the memorization scores and membership
+inference run on it unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from .io import load_npz, save_json, save_npz
+
+log = logging.getLogger(__name__)
+
+
+def import_images_stage(*, train: str, heldout: str, size: int, channels: int,
+                        resize: bool, out_train: str, out_heldout: str, out_unused: str,
+                        out_json: str) -> dict:
+    """Read and preprocess the model's training and held-out images into the run's files."""
+    from .images import read_images
+
+    tr, tr_names = read_images(train, size=size, channels=channels, resize=resize)
+    ho, ho_names = read_images(heldout, size=size, channels=channels, resize=resize)
+    save_npz(out_train, images=tr, labels=np.zeros((len(tr), 1), np.uint8),
+             indices=np.arange(len(tr)), names=np.array(tr_names, dtype=str))
+    save_npz(out_heldout, images=ho, labels=np.zeros((len(ho), 1), np.uint8),
+             names=np.array(ho_names, dtype=str))
+    # no unused training split: every training image is a member
+    save_npz(out_unused, images=tr[:0], indices=np.zeros(0, np.int64))
+    summary = {"train_images": int(len(tr)), "heldout_images": int(len(ho)),
+               "image_size": size, "channels": channels, "resize": resize,
+               "train": str(train), "heldout": heldout}
+    save_json(out_json, summary)
+    return summary
+
+
+def duplicates_arrays(train_npz: str, heldout_npz: str) -> dict:
+    """An imported model's images in the layout :func:`diffmem.duplicates.duplicates_stage`
+    takes: training images, then held-out images as ``val`` (``test`` empty)."""
+    tr, ho = load_npz(train_npz)["images"], load_npz(heldout_npz)["images"]
+    return {"train_images": tr, "val_images": ho, "test_images": ho[:0]}
+
+
+def most_copied(samples: np.ndarray, refs: np.ndarray, *, mirror: bool = False, device="cpu"
+                ) -> dict:
+    """How many samples have each reference image as their nearest (Pearson), and the highest
+    similarity of a sample to it; ``order``: most copied first, ties by that similarity."""
+    from .scoring import nearest
+
+    nn_ = nearest(samples, refs, kind="cosine", top_k=1, device=device, mirror=mirror)
+    idx, sim = nn_["index"][:, 0], nn_["sim"][:, 0]
+    counts = np.bincount(idx, minlength=len(refs))
+    best = np.full(len(refs), -np.inf)
+    np.maximum.at(best, idx, sim)
+    return {"counts": counts, "best": best, "order": np.lexsort((-best, -counts))}
+
+
+def choose_images(chosen: list, names: list[str], samples: np.ndarray, train: np.ndarray,
+                  count: int, *, mirror: bool, device="cpu") -> tuple[list[int], str]:
+    """The training images to run the boundary search from: the configured ones (file names
+    or indices), or else the ``count`` images plain sampling copied most."""
+    if chosen:
+        where = {n: i for i, n in enumerate(names)}
+        return [int(c) if isinstance(c, int) else where[c] for c in chosen], "configured"
+    mc = most_copied(samples, train, mirror=mirror, device=device)
+    return [int(i) for i in mc["order"][:count]], "most copied by plain sampling"
+
+
+def image_boundary_stage(*, weights: str, model_config: str, train_npz: str, heldout_npz: str,
+                         samples_npz: str, duplicates_npz: str, cfg: dict, chosen: list,
+                         count: int, mirror: bool, seed: int, device: str, bf16: bool,
+                         out_csv: str, out_json: str, out_png: str) -> dict:
+    """Does the model walk back to a training image from more noise than to unseen images?
+
+    Without a fingerprint, a reverse run "returns" when the classifier-free test of the
+    fingerprint audit accepts it (its nearest image is the query or a near-duplicate of it,
+    closer than the query is to any other image); the fingerprinting paper notes ρ needs only
+    the identity test. Controls: held-out images sharing no group with a training image, chosen
+    by the same rule (most often nearest to a plain sample among held-out images)."""
+    import pandas as pd
+
+    from .diffusion import NoiseProcess, load_model, resolve_device
+    from .fingerprint import (
+        _boundary_figure,
+        _csv,
+        boundary_sampler,
+        search_queries,
+        walk_back_summary,
+    )
+    from .images import mirror as flip
+
+    dev = resolve_device(device)
+    model, meta = load_model(weights, model_config, dev)
+    process = NoiseProcess.from_config(meta["diffusion"])
+    sampler, steps = boundary_sampler(cfg, process)
+    tr = load_npz(train_npz)
+    train, names = tr["images"], [str(n) for n in tr.get("names", [])]
+    heldout = load_npz(heldout_npz)["images"]
+    samples = load_npz(samples_npz)["images"]
+    dup = load_npz(duplicates_npz)
+    groups = np.concatenate([dup["train_group"], dup["heldout_group"]])
+    picks, how = choose_images(chosen, names, samples, train, count, mirror=mirror, device=dev)
+    train_groups = set(dup["train_group"].tolist())
+    free = np.array([g not in train_groups for g in dup["heldout_group"]], dtype=bool)
+    candidates = np.flatnonzero(free)
+    k = min(int(cfg.get("controls", 19)), len(candidates))
+    ctl = []
+    if k:
+        mc = most_copied(samples, heldout[candidates], mirror=mirror, device=dev)
+        ctl = [int(candidates[i]) for i in mc["order"][:k]]
+        if k < int(cfg.get("controls", 19)):
+            log.warning("only %d held-out images share no group with a training image: %d "
+                        "controls instead of %d", len(candidates), k, cfg.get("controls", 19))
+    refs = np.concatenate([train, heldout])
+    n = len(refs)
+    if mirror:  # a mirrored copy of an image is that image to a model trained with flips
+        refs = np.concatenate([refs, flip(refs)])
+
+    def members(i: int) -> list[int]:
+        same = np.flatnonzero(groups == groups[i]).tolist()
+        return same + ([j + n for j in same] if mirror else [])
+
+    queries = [(f"image {i}", train[i], members(i)) for i in picks]
+    queries += [(f"control {j + 1}", heldout[h], members(len(train) + h))
+                for j, h in enumerate(ctl)]
+    results, df, seconds = search_queries(model, process, sampler, steps, queries, refs, cfg,
+                                          seed, dev, bf16)
+    controls = [results[q[0]] for q in queries[len(picks):]]
+    per_image = []
+    for i in picks:
+        r = results[f"image {i}"]
+        per_image.append({"train_index": i, "name": names[i] if names else f"#{i}",
+                          **walk_back_summary(r, controls, process.T)})
+    first = per_image[0]
+    df["query"] = df["query"].replace({f"image {picks[0]}": "target"})
+    _csv(pd.DataFrame(df), out_csv)
+    summary = {
+        **{k: v for k, v in first.items() if k not in ("train_index", "name")},
+        "query_kind": "training image",
+        "query": {"train_index": first["train_index"], "name": first["name"], "chosen": how},
+        "images": per_image,
+        "rule": "the output's nearest image is the query (or a near-duplicate of it), and it is "
+                "closer to it than the query is to any other image",
+        "controls": [{"heldout_index": h} for h in ctl],
+        "control_candidates": int(len(candidates)),
+        "note": "the verdict row is the first image's; each image is reported in 'images'",
+        "method": cfg["method"], "m": int(cfg["trajectories"]), "T": process.T,
+        "evaluations": results[queries[0][0]]["evaluations"],
+        "rounds": results[queries[0][0]]["rounds"], "seconds": seconds, "sampler": sampler,
+        "steps": steps, "mirror": mirror,
+    }
+    save_json(out_json, summary)
+    _boundary_figure(df, summary, out_png)
+    return summary

@@ -1,0 +1,163 @@
+"""Your own images and models: reading image folders, the `models:` config checks, mirrored
+matches and the choice of training images for the boundary search."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import yaml
+
+from diffmem.config import ConfigError, check_config, model_info, run_seed, runs
+from diffmem.data import DataError, dataset_arrays
+from diffmem.images import count_images, mirror, read_images
+from diffmem.imported import choose_images, most_copied
+from diffmem.scoring import nearest
+
+from .conftest import ROOT
+from .own_model import write_pngs
+from .test_external import pipeline_dir, tiny_unet  # noqa: F401 (fixture)
+
+SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
+
+
+@pytest.fixture
+def pngs(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 28, 28), dtype=np.uint8)
+    write_pngs(images, tmp_path / "imgs", "x")
+    return tmp_path / "imgs", images
+
+
+def test_a_png_folder_is_read_recursively_in_a_fixed_order_16_bit_included(pngs):
+    folder, images = pngs
+    got, names = read_images(folder, size=28, channels=1)
+    assert names[0] == "part0/x00.png" and len(names) == 6 and count_images(folder) == 6
+    order = [int(n.split("x")[1][:2]) for n in names]
+    np.testing.assert_array_equal(got, images[order])  # the 16-bit one comes back exactly
+
+
+def test_resize_and_centre_crop_and_rgb(tmp_path):
+    from PIL import Image
+
+    img = np.zeros((40, 60, 3), np.uint8)
+    img[:, 10:50] = 200  # the centre 40x40 is bright, the side bands dark
+    (tmp_path / "f").mkdir()
+    Image.fromarray(img).save(tmp_path / "f/a.jpg", quality=100)
+    grey, _ = read_images(tmp_path / "f", size=20, channels=1)
+    assert grey.shape == (1, 20, 20) and grey.min() > 150  # resized 40 -> 20, crop of the centre
+    rgb, _ = read_images(tmp_path / "f", size=20, channels=3)
+    assert rgb.shape == (1, 20, 20, 3)
+    with pytest.raises(DataError, match="is 60x40; the model takes 20x20"):
+        read_images(tmp_path / "f", size=20, channels=1, resize=False)
+
+
+def test_npz_sources_and_their_errors(tmp_path):
+    a = np.arange(2 * 8 * 8, dtype=np.uint16).reshape(2, 8, 8) * 257
+    np.savez(tmp_path / "ok.npz", images=a)
+    got, names = read_images(tmp_path / "ok.npz", size=8, channels=1)
+    assert names == ["#0", "#1"] and got.dtype == np.uint8 and got.max() == 127
+    np.savez(tmp_path / "float.npz", images=a.astype(np.float32))
+    with pytest.raises(DataError, match="images is float32; expected uint8 or uint16"):
+        read_images(tmp_path / "float.npz", size=8, channels=1)
+    np.savez(tmp_path / "other.npz", x=a)
+    with pytest.raises(DataError, match="has no array 'images'"):
+        count_images(tmp_path / "other.npz")
+    with pytest.raises(DataError, match="no PNG/JPEG images in"):
+        read_images(tmp_path, size=8, channels=1)
+
+
+def test_a_dataset_entry_reads_in_the_medmnist_layout(pngs):
+    folder, images = pngs
+    arrays = dataset_arrays("site", {"name": "site", "train": str(folder), "heldout": str(folder)},
+                            28, "unused", False)
+    assert arrays["train_images"].shape == (6, 28, 28) and len(arrays["test_images"]) == 0
+    assert arrays["val_images"].shape == (6, 28, 28) and arrays["train_labels"].shape == (6, 1)
+
+
+def test_mirror_matches_only_when_asked():
+    rng = np.random.default_rng(1)
+    refs = rng.integers(0, 256, (5, 12, 12), dtype=np.uint8)
+    query = mirror(refs[2:3])
+    plain = nearest(query, refs, top_k=1)
+    flipped = nearest(query, refs, top_k=1, mirror=True)
+    assert flipped["index"][0, 0] == 2 and flipped["sim"][0, 0] > 0.999
+    assert plain["sim"][0, 0] < 0.5
+
+
+def test_the_most_copied_training_image_is_chosen():
+    rng = np.random.default_rng(2)
+    train = rng.integers(0, 256, (4, 10, 10), dtype=np.uint8)
+    samples = np.concatenate([train[[3, 3, 3, 1]], rng.integers(0, 256, (1, 10, 10),
+                                                                dtype=np.uint8)])
+    mc = most_copied(samples[:4], train)
+    assert mc["counts"].tolist() == [0, 1, 0, 3] and mc["order"][0] == 3
+    assert choose_images([], [], samples, train, 2, mirror=False)[0][:2] == [3, 1]
+    names = ["a.png", "b.png", "c.png", "d.png"]
+    assert choose_images(["c.png", 0], names, samples, train, 1, mirror=False) == \
+        ([2, 0], "configured")
+
+
+@pytest.fixture
+def test_cfg():
+    return yaml.safe_load((ROOT / "workflow/configs/test.yaml").read_text())
+
+
+def test_a_models_entry_is_checked_before_any_job(test_cfg, pipeline_dir, pngs):  # noqa: F811
+    folder, _ = pngs
+    cfg = copy.deepcopy(test_cfg)
+    cfg["datasets"] = []
+    cfg["models"] = {"m": {"folder": str(pipeline_dir), "train": str(folder),
+                           "heldout": str(folder), "boundary_images": ["part1/x01.png", 2]}}
+    check_config(cfg, SCHEMA)
+    info = model_info(cfg, "m")
+    assert info["size"] == 8 and info["channels"] == 1 and info["images"]["train"] == 6
+    assert info["diffusion"]["prediction_type"] == "v_prediction" and runs(cfg) == []
+
+    def refused(change, match):
+        c = copy.deepcopy(cfg)
+        change(c["models"]["m"])
+        with pytest.raises(ConfigError) as err:
+            check_config(c, SCHEMA)
+        assert "\n" not in str(err.value) and match in str(err.value), str(err.value)
+
+    refused(lambda m: m.update(boundary_images=["nope.png"]),
+            "config error at models.m.boundary_images: ['nope.png'] not found")
+    refused(lambda m: m.update(boundary_images=[6]), "expected indices below 6")
+    refused(lambda m: m.update(folder=str(folder)), "config error at models.m.folder:")
+    refused(lambda m: m.update(heldout=str(folder / "none")),
+            "config error at models.m.heldout: image folder not found")
+    refused(lambda m: m.pop("heldout"), "config error at models.m: 'heldout' is a required")
+    refused(lambda m: m.update(sample={"steps": 51}),
+            "models.m.sample.steps: 51 exceeds the model's 50 diffusion steps")
+    c = copy.deepcopy(cfg)
+    c["models"] = {}
+    with pytest.raises(ConfigError, match="no dataset and no models"):
+        check_config(c, SCHEMA)
+
+
+def test_dataset_names_must_be_free_and_sizes_fit(test_cfg, pngs):
+    folder, _ = pngs
+    cfg = copy.deepcopy(test_cfg)
+    cfg["datasets"] = [{"name": "site", "train": str(folder), "heldout": str(folder)}]
+    cfg["train_sizes"] = ["all"]
+    assert runs(check_config(copy.deepcopy(cfg), SCHEMA)) == [("site", 6, 0)]
+    cfg["train_sizes"] = [7]
+    with pytest.raises(ConfigError, match="7 for site exceeds its 6 training images"):
+        check_config(copy.deepcopy(cfg), SCHEMA)
+    cfg["train_sizes"] = [4]
+    cfg["datasets"][0]["name"] = "models"
+    with pytest.raises(ConfigError, match="dataset name 'models' is reserved"):
+        check_config(copy.deepcopy(cfg), SCHEMA)
+
+
+def test_run_seeds():
+    class W:
+        def __init__(self, **kw):
+            self.__dict__.update(kw)
+
+    cfg = {"models": {"m": {"seed": 7}, "n": {}}}
+    assert run_seed(W(seed="3"), cfg) == 3
+    assert run_seed(W(run="breastmnist/n64/seed5"), cfg) == 5
+    assert run_seed(W(run="models/m"), cfg) == 7 and run_seed(W(name="n"), cfg) == 0

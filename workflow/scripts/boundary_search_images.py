@@ -1,0 +1,26 @@
+from diffmem.config import run_seed
+from diffmem.imported import image_boundary_stage
+from diffmem.runner import logged
+
+sm = snakemake  # noqa: F821
+with logged(sm.log[0]):
+    print(
+        image_boundary_stage(
+            weights=sm.input.weights,
+            model_config=sm.input.config,
+            train_npz=sm.input.train,
+            heldout_npz=sm.input.heldout,
+            samples_npz=sm.input.samples,
+            duplicates_npz=sm.input.duplicates,
+            cfg=sm.params.boundary,
+            chosen=list(sm.params.chosen),
+            count=int(sm.params.how_many),
+            mirror=bool(sm.params.mirror),
+            seed=run_seed(sm.wildcards, sm.config) * 1000 + sm.params.boundary.get("seed", 2),
+            device=sm.params.device,
+            bf16=sm.params.bf16,
+            out_csv=sm.output.csv,
+            out_json=sm.output.summary,
+            out_png=sm.output.figure,
+        )
+    )

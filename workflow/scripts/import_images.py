@@ -1,0 +1,18 @@
+from diffmem.imported import import_images_stage
+from diffmem.runner import logged
+
+sm = snakemake  # noqa: F821
+with logged(sm.log[0]):
+    print(
+        import_images_stage(
+            train=sm.params.train,
+            heldout=sm.params.heldout,
+            size=sm.params.size,
+            channels=sm.params.channels,
+            resize=sm.params.resize,
+            out_train=sm.output.train,
+            out_heldout=sm.output.heldout,
+            out_unused=sm.output.unused,
+            out_json=sm.output.summary,
+        )
+    )
