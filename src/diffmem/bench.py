@@ -94,7 +94,7 @@ def run(config: dict, *, data_root: str, train_steps: int, plain_steps: int, sam
         progress: bool = False) -> list[dict]:
     """Every stage row (see the module docstring) for ``config``'s first dataset and size."""
     from .classifier import train_fingerprint_classifiers
-    from .config import train_sizes_for
+    from .config import dataset_entry, dataset_names, train_sizes_for
     from .data import prepare_data
     from .diffusion import load_model, sample
     from .fingerprint import boundary_stage
@@ -103,7 +103,10 @@ def run(config: dict, *, data_root: str, train_steps: int, plain_steps: int, sam
 
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
-    flag = config["datasets"][0]
+    if not config["datasets"]:
+        raise ValueError("the bench times the stages on the config's first dataset; "
+                         "datasets is empty")
+    flag = dataset_names(config)[0]
     n = train_sizes_for(config, flag)[0]
     rows = []
     tc, sc, bc = config["train"], config["sample"], config["boundary"]
@@ -121,7 +124,8 @@ def run(config: dict, *, data_root: str, train_steps: int, plain_steps: int, sam
                      to_rgb=config.get("to_rgb", False), out_train=f["train"],
                      out_target=f["target"], out_target_json=f["target_json"],
                      out_heldout=f["heldout"], out_figure=f["fig"], out_unused=f["unused"],
-                     max_twin_similarity=config["saf"].get("max_twin_similarity", 0.95))
+                     max_twin_similarity=config["saf"].get("max_twin_similarity", 0.95),
+                     entry=dataset_entry(config, flag))
         images = load_npz(f["train"])["images"]
 
         _peak_reset(dev)

@@ -273,7 +273,7 @@ def walk_back_test(b: dict) -> dict:
     return {"question": f"does the model walk back to {what} from more noise than to unseen "
                         f"images?",
             "statistic": f"t50 (isotonic p̂_t = 0.5) of the target minus the largest of "
-                         f"{len(b['t50_control'])} matched unseen controls'; p = rank among them",
+                         f"{len(b['t50_control'])} unseen controls'; p = rank among them",
             "value": b["t50"], "null_value": top, "effect": b["t50"] - top,
             "ci_low": b["t50_ci"][0] - top, "ci_high": b["t50_ci"][1] - top,
             "p_value": b["rank_p_value_t50"], "margin": 0.0, "null_effect": 0.0,
