@@ -161,3 +161,18 @@ def test_run_seeds():
     assert run_seed(W(seed="3"), cfg) == 3
     assert run_seed(W(run="breastmnist/n64/seed5"), cfg) == 5
     assert run_seed(W(run="models/m"), cfg) == 7 and run_seed(W(name="n"), cfg) == 0
+
+
+def test_random_flip_makes_mirrored_held_out_images_twins(tmp_path, caplog):
+    from diffmem.duplicates import duplicates_stage
+
+    rng = np.random.default_rng(0)
+    tr = rng.integers(0, 256, (6, 8, 8), dtype=np.uint8)
+    ho = np.concatenate([tr[:1], mirror(tr[1:2]), rng.integers(0, 256, (3, 8, 8), np.uint8)])
+    kw = dict(flag="x", arrays={"train_images": tr, "val_images": ho, "test_images": ho[:0]},
+              metric="rms", threshold=5.0, max_diameter=None, device="cpu",
+              out_npz=str(tmp_path / "d.npz"), out_json=str(tmp_path / "d.json"),
+              out_png=str(tmp_path / "d.png"))
+    assert duplicates_stage(**kw)["heldout_images_sharing_a_group_with_train"] == 1
+    assert duplicates_stage(**kw, mirror=True)["heldout_images_sharing_a_group_with_train"] == 2
+    assert "2 of 5 held-out images are near-duplicates of training images" in caplog.text

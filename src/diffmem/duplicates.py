@@ -17,6 +17,8 @@ keeps every group within twice the threshold of its leader. The JSON says how ma
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from .figures import plt
@@ -161,6 +163,11 @@ def duplicates_stage(*, flag: str, arrays: dict, metric: str, threshold: float,
     # the pairs themselves too (indices into train ∪ held-out): a split chain must not let a
     # direct twin of a training image into a run's null
     save_npz(out_npz, train_group=tg, heldout_group=hg, pairs=res["pairs"].astype(np.int64))
+    if summary["heldout_images_sharing_a_group_with_train"]:
+        logging.getLogger(__name__).warning(
+            "%s: %d of %d held-out images are near-duplicates of training images; they are left "
+            "out of the null, but a held-out set full of twins is not unseen data",
+            flag, summary["heldout_images_sharing_a_group_with_train"], len(heldout))
     save_json(out_json, summary)
     _pairs_figure(images, res["pairs"], g, len(train), out_png, summary)
     return summary
