@@ -107,6 +107,7 @@ def check_config(config: dict, schema_path: str | Path) -> dict:
 
 def _cross_checks(config: dict) -> None:
     from .data import DataError, medmnist_info
+    from .images import count_images
 
     names = dataset_names(config)
     if not names and not config.get("models"):
@@ -121,7 +122,7 @@ def _cross_checks(config: dict) -> None:
                     raise DataError(f"dataset name {entry['name']!r} is reserved (results/"
                                     f"{entry['name']}/ holds other outputs); choose another")
                 for key in ("train", "heldout"):
-                    if count_source(entry[key]) < 2:
+                    if count_images(entry[key]) < 2:
                         raise DataError(f"{entry[key]}: expected at least 2 images")
         except DataError as err:
             raise ConfigError(f"config error at datasets[{i}]: {err}") from None
@@ -229,18 +230,13 @@ def dataset_entry(config: dict, name: str) -> dict | None:
     return None
 
 
-def count_source(source: str) -> int:
-    from .images import count_images
-
-    return count_images(source)
-
-
 def dataset_size(config: dict, name: str) -> int:
     """How many training images a dataset offers (what a subset may at most take)."""
     from .data import max_train_size
+    from .images import count_images
 
     entry = dataset_entry(config, name)
-    return max_train_size(name) if entry is None else count_source(entry["train"])
+    return max_train_size(name) if entry is None else count_images(entry["train"])
 
 
 def train_sizes_for(config: dict, flag: str) -> list[int]:
@@ -280,10 +276,11 @@ def run_seed(wildcards, config: dict) -> int:
     if seed is not None:
         return int(seed)
     name = getattr(wildcards, "name", None)
-    run = f"models/{name}" if name is not None else str(wildcards.run)
-    if run.startswith("models/"):
-        return int(config["models"][run.split("/", 1)[1]].get("seed", 0))
-    return int(run.rsplit("seed", 1)[1])
+    if name is None:
+        _, name = run_parts(str(wildcards.run))
+    if name is not None:
+        return int(config["models"][name].get("seed", 0))
+    return int(str(wildcards.run).rsplit("seed", 1)[1])
 
 
 def model_info(config: dict, name: str) -> dict:
@@ -291,7 +288,7 @@ def model_info(config: dict, name: str) -> dict:
     the scheduler, the images and the boundary-search choices. Returns what the rules need."""
     from .data import DataError
     from .external import ModelFolderError, diffusion_from_scheduler, inspect_model_folder
-    from .images import list_image_files
+    from .images import count_images, list_image_files
 
     entry = config["models"][name]
     where = f"models.{name}"
@@ -312,7 +309,7 @@ def model_info(config: dict, name: str) -> dict:
     for key in ("train", "heldout"):
         if entry.get(key):
             try:
-                counts[key] = count_source(entry[key])
+                counts[key] = count_images(entry[key])
             except DataError as err:
                 raise ConfigError(f"config error at {where}.{key}: {err}") from None
     if counts["train"] < 2:

@@ -90,8 +90,12 @@ def nearest(queries: np.ndarray, refs: np.ndarray, *, kind: str = "cosine", top_
     Mirroring the query instead of the reference gives the same similarity."""
     k = min(top_k, len(refs))
     sims, idx = [], []
-    flipped = (similarity_blocks(np.ascontiguousarray(queries[:, :, ::-1]), refs, kind, device,
-                                 chunk) if mirror else None)
+    if mirror:
+        from .images import mirror as flip
+
+        flipped = similarity_blocks(flip(queries), refs, kind, device, chunk)
+    else:
+        flipped = None
     for _, s in similarity_blocks(queries, refs, kind, device, chunk):
         if flipped is not None:
             s = torch.maximum(s, next(flipped)[1])
