@@ -37,7 +37,7 @@ rule import_images:
     params:
         # the entry's images are the data: changing where they are re-reads them
         train=lambda wc: config["models"][wc.name]["train"],
-        heldout=lambda wc: config["models"][wc.name]["heldout"],
+        heldout=lambda wc: config["models"][wc.name].get("heldout"),
         resize=lambda wc: config["models"][wc.name].get("resize", True),
         size=lambda wc: MODELS[wc.name]["size"],
         channels=lambda wc: MODELS[wc.name]["channels"],

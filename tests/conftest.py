@@ -76,6 +76,10 @@ def finished(tmp_path_factory, data_root):
     # a model the user already has (trained until it copies), audited through `models:`
     own = make_own_model(tmp_path_factory.mktemp("own"), data_root)
     cfg["models"] = {"own": {**own, "sample": {"sampler": "ddpm", "steps": 100}}}
+    # the same model with no held-out images: its 4 training PNGs and the 40 others all given
+    # as training images, so the audit runs without a null
+    cfg["models"]["nonull"] = {"folder": own["folder"], "train": str(Path(own["train"]).parent),
+                               "sample": {"sampler": "ddpm", "steps": 100}}
     # and a site's own PNGs as a dataset of the fingerprint study
     site = tmp_path_factory.mktemp("site")
     with np.load(data_root / "breastmnist.npz") as f:

@@ -193,7 +193,7 @@ def test_rank_p_value_and_walk_back_rule():
     assert walks_back(0.25, (0.2, 0.3), [0.1, 0.3]) == "no"
     assert walks_back(0.25, (0.2, 0.35), [0.1, 0.3]) == "inconclusive"
     assert walks_back(0.4, (0.25, 0.5), [0.1, 0.3]) == "inconclusive"
-    assert walks_back(0.9, (0.8, 1.0), []) == "inconclusive"
+    assert walks_back(0.9, (0.8, 1.0), []) == "inconclusive (no null)"
 
 
 def test_bisection_checks_above_its_answer():

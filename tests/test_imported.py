@@ -108,8 +108,9 @@ def test_a_models_entry_is_checked_before_any_job(test_cfg, pipeline_dir, pngs):
     folder, _ = pngs
     cfg = copy.deepcopy(test_cfg)
     cfg["datasets"] = []
+    # no held-out images: allowed (the audit then runs without a null)
     cfg["models"] = {"m": {"folder": str(pipeline_dir), "train": str(folder),
-                           "heldout": str(folder), "boundary_images": ["part1/x01.png", 2]}}
+                           "boundary_images": ["part1/x01.png", 2]}}
     check_config(cfg, SCHEMA)
     info = model_info(cfg, "m")
     assert info["size"] == 8 and info["channels"] == 1 and info["images"]["train"] == 6
@@ -128,7 +129,14 @@ def test_a_models_entry_is_checked_before_any_job(test_cfg, pipeline_dir, pngs):
     refused(lambda m: m.update(folder=str(folder)), "config error at models.m.folder:")
     refused(lambda m: m.update(heldout=str(folder / "none")),
             "config error at models.m.heldout: image folder not found")
-    refused(lambda m: m.pop("heldout"), "config error at models.m: 'heldout' is a required")
+    # 6 held-out images cannot set bands at quantile 0.99 with 5 above the edge
+    refused(lambda m: m.update(heldout=str(folder)),
+            "config error at models.m.heldout: 6 images cannot calibrate the similarity bands; "
+            "expected at least 10")
+    c = copy.deepcopy(cfg)
+    c["models"]["m"]["heldout"] = str(folder)
+    c["scoring"]["fixed_bands"] = [0.5, 0.8, 0.95]
+    check_config(c, SCHEMA)
     refused(lambda m: m.update(sample={"steps": 51}),
             "models.m.sample.steps: 51 exceeds the model's 50 diffusion steps")
     c = copy.deepcopy(cfg)

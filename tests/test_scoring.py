@@ -169,3 +169,28 @@ def test_a_generator_of_unseen_images_never_gets_yes(breast):
     assert sc.decide(res["tests"]["plain_copies"], alpha=0.05, margin=0.05) != "yes"
     assert sc.decide(res["tests"]["side_extracts_more"], alpha=0.05, margin=0.05) != "yes"
     assert (res["table"].method == SIDE_BEST).any()
+
+
+def test_without_unseen_images_scores_are_reported_and_nothing_is_decided(breast):
+    """No held-out images (an imported model audited on its training images alone): the
+    bands come from the training images themselves, and no question that needs unseen images
+    is answered, whether the generator copies or not."""
+    b = breast
+    empty = sc.null_pool(heldout=b["heldout"][:0], heldout_groups=np.zeros(0, int),
+                         unused=b["heldout"][:0], unused_groups=np.zeros(0, int),
+                         train_groups=b["groups"], max_images=10000, seed=1)
+    rng = np.random.default_rng(5)
+    picks = b["train"][rng.integers(0, len(b["train"]), 96)].astype(float)
+    copies = np.clip(picks + rng.normal(0, 3, picks.shape), 0, 255).astype(np.uint8)
+    answers = {}
+    for name, gen in (("copies", copies), ("unseen", b["unseen"])):
+        res = score_run(train=b["train"], groups=b["groups"], plain=gen, side_sets={},
+                        pool=empty, heldout=None, cfg=CFG)
+        t = res["tests"]["plain_copies"]
+        answers[name] = (sc.decide(t, alpha=0.05, margin=0.05), t["value"])
+        assert t["null_value"] is None and t["p_value"] is None and res["secondary"] == []
+        assert "reference, not a null" in res["bands"]["cosine"]["kind"]
+        assert NULL not in set(res["table"].method)
+    assert answers["copies"][0] == answers["unseen"][0] == sc.NO_NULL
+    # the score itself is still measured: copies land in the high band, unseen images rarely
+    assert answers["copies"][1] > 0.9 > 0.2 > answers["unseen"][1]

@@ -109,8 +109,9 @@ def test_every_output_and_the_report(finished):
     # the report opens with the verdict: one row per run and question
     assert report.startswith("# Verdict")
     verdict = pd.read_csv(finished / "results/verdict.csv")
-    # three runs (breastmnist, the site's PNGs, the imported model), four questions each
-    assert len(verdict) == 12 and set(verdict["answer"]) <= {"yes", "no", "inconclusive"}
+    # four runs (breastmnist, the site's PNGs, two imported models), four questions each
+    assert len(verdict) == 16
+    assert set(verdict["answer"]) <= {"yes", "no", "inconclusive", "inconclusive (no null)"}
     assert verdict["question"].tolist()[2] == "can training images be told from unseen ones?"
     assert verdict["question"].tolist()[3].startswith("does the model walk back")
     # a 30-step model on 64 images cannot be shown to copy: no "yes" from 24 samples
@@ -155,6 +156,35 @@ def test_an_imported_model_is_audited_and_found_to_copy(finished):
     assert side["null"]["heldout"] == 40 and side["null"]["unused_train"] == 0
     report = (finished / "results/report.md").read_text()
     assert "## Imported model own" in report and "| model own |" in report
+
+
+def test_a_model_without_held_out_images_is_audited_without_a_null(finished):
+    """No held-out images: every stage runs, scores are reported, and no question that needs
+    unseen images is answered yes or no (the model copies, but nothing shows it is unusual)."""
+    run = finished / "results/models/nonull"
+    images = json.loads((run / "data/images.json").read_text())
+    assert images["train_images"] == 44 and images["heldout_images"] == 0
+    verdict = pd.read_csv(finished / "results/verdict.csv")
+    answers = verdict[verdict["run"] == "model nonull"].set_index("question")["answer"]
+    for q in ("does plain sampling copy training images?",
+              "can training images be told from unseen ones?"):
+        assert answers[q] == "inconclusive (no null)", q
+    walk = next(q for q in answers.index if q.startswith("does the model walk back"))
+    assert answers[walk] == "inconclusive (no null)"
+    side = json.loads((run / "side/metrics.json").read_text())
+    t = side["tests"]["plain_copies"]
+    assert side["no_null"] and side["secondary"] == [] and t["null_value"] is None
+    assert t["value"] > 0.9  # measured all the same: the samples are copies
+    assert "a reference, not a null" in side["bands"]["cosine"]["kind"]
+    mia = json.loads((run / "audit/membership.json").read_text())
+    assert mia["nonmembers"] == 0 and mia["effect"] is None and mia["members"] == 44
+    b = json.loads((run / "audit/boundary.json").read_text())
+    assert b["t50_control"] == [] and b["no_null"]
+    report = (finished / "results/report.md").read_text()
+    section = report.split("## Imported model nonull")[1].split("\n## ")[0]
+    assert "**No held-out images were given, so none of the scores below has a null**" in section
+    assert "### Memorization scores without a null" in section
+    assert "**Not run: no unseen images to tell training images from**" in section
 
 
 def test_a_dataset_of_your_own_pngs_runs_the_fingerprint_branch(finished):

@@ -235,10 +235,13 @@ def walks_back(target_t50: float, target_ci: tuple[float, float], control_t50s,
     """yes: the target's whole t50 interval lies above every control's t50 *and* its rank among
     the controls is significant (:func:`rank_p_value` ≤ α, which needs at least 1/α − 1
     controls: 19 for α = 0.05); no: the target's whole interval lies within the controls' range
-    (its upper end is not above the largest control's t50); otherwise inconclusive."""
+    (its upper end is not above the largest control's t50); otherwise inconclusive, and
+    "inconclusive (no null)" without controls."""
     control_t50s = list(control_t50s)
-    if not control_t50s:
-        return "inconclusive"
+    if not control_t50s:  # no unseen image to compare with
+        from .scoring import NO_NULL
+
+        return NO_NULL
     top = max(control_t50s)
     if target_ci[0] > top and rank_p_value(target_t50, control_t50s) <= alpha:
         return "yes"

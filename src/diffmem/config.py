@@ -315,6 +315,17 @@ def model_info(config: dict, name: str) -> dict:
     if counts["train"] < 2:
         raise ConfigError(f"config error at {where}.train: {counts['train']} image; expected "
                           f"at least 2")
+    scoring = config.get("scoring") or {}
+    need = 2 * int(scoring.get("min_tail", 5))
+    if "heldout" in counts and counts["heldout"] < need and not scoring.get("fixed_bands"):
+        raise ConfigError(f"config error at {where}.heldout: {counts['heldout']} images cannot "
+                          f"calibrate the similarity bands; expected at least {need} (2 x "
+                          f"scoring.min_tail), or set scoring.fixed_bands, or leave heldout out "
+                          f"to audit without a null")
+    if "heldout" not in counts and counts["train"] < need:
+        raise ConfigError(f"config error at {where}.heldout: none given, so the similarity bands "
+                          f"come from the {counts['train']} training images themselves; expected "
+                          f"at least {need} of them (2 x scoring.min_tail), or held-out images")
     chosen = entry.get("boundary_images") or []
     if any(isinstance(c, str) for c in chosen) and not entry["train"].endswith(".npz"):
         from pathlib import Path

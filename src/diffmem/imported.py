@@ -18,14 +18,20 @@ from .io import load_npz, save_json, save_npz
 log = logging.getLogger(__name__)
 
 
-def import_images_stage(*, train: str, heldout: str, size: int, channels: int,
+def import_images_stage(*, train: str, heldout: str | None, size: int, channels: int,
                         resize: bool, out_train: str, out_heldout: str, out_unused: str,
                         out_json: str) -> dict:
-    """Read and preprocess the model's training and held-out images into the run's files."""
+    """Read and preprocess the model's training and held-out images into the run's files.
+    Without held-out images ``heldout.npz`` holds none: every score then has no null."""
     from .images import read_images
 
     tr, tr_names = read_images(train, size=size, channels=channels, resize=resize)
-    ho, ho_names = read_images(heldout, size=size, channels=channels, resize=resize)
+    if heldout:
+        ho, ho_names = read_images(heldout, size=size, channels=channels, resize=resize)
+    else:
+        ho, ho_names = tr[:0], []
+        log.warning("no held-out images: the memorization scores, membership inference and "
+                    "the boundary search have no null, and their verdicts stay inconclusive")
     save_npz(out_train, images=tr, labels=np.zeros((len(tr), 1), np.uint8),
              indices=np.arange(len(tr)), names=np.array(tr_names, dtype=str))
     save_npz(out_heldout, images=ho, labels=np.zeros((len(ho), 1), np.uint8),
@@ -148,6 +154,8 @@ def image_boundary_stage(*, weights: str, model_config: str, train_npz: str, hel
                 "closer to it than the query is to any other image",
         "controls": [{"heldout_index": h} for h in ctl],
         "control_candidates": int(len(candidates)),
+        # without held-out images (or none free of training twins) nothing is compared
+        "no_null": not ctl,
         "note": "the verdict row is the first image's; each image is reported in 'images'",
         "method": cfg["method"], "m": int(cfg["trajectories"]), "T": process.T,
         "evaluations": results[queries[0][0]]["evaluations"],

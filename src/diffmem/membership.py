@@ -91,16 +91,23 @@ def membership_stage(*, weights: str, model_config: str, train_npz: str, heldout
               batch_size=int(cfg.get("batch_size", 512)), device=dev)
     m_loss = denoising_losses(eps_fn, process, members, t_fracs, **kw)
     n_loss = denoising_losses(eps_fn, process, non, t_fracs, **kw)
-    res = attack(m_loss, n_loss, seed=int(cfg.get("seed", 5)), t_fracs=t_fracs)
+    # without unseen images there is nothing to tell training images from: the members'
+    # losses are reported and the question stays open
+    res = attack(m_loss, n_loss, seed=int(cfg.get("seed", 5)), t_fracs=t_fracs) if len(non) \
+        else {"effect": None, "ci_low": None, "ci_high": None, "p_value": None, "tpr": None,
+              "answer": sc.NO_NULL, "no_null": "no unseen images to tell training images from",
+              "null_value": None, "auc_by_t": []}
     summary = res | {
         "question": "can training images be told from unseen ones?",
         "statistic": "AUC of the loss attack (−denoising loss at t/T = "
                      + ", ".join(f"{f:g}" for f in t_fracs) + "), training vs unseen images",
         "test": "one-sided Mann–Whitney U; stratified bootstrap 95 % interval",
         "margin": float(cfg.get("margin", 0.05)), "null_effect": 0.5,
+        "n": int(len(members)), "null_n": int(len(non)),
         "members": int(len(members)), "nonmembers": int(len(non)), "draws": kw["draws"],
         "t_fractions": t_fracs, "null": pool["counts"],
-        "mean_loss_members": float(m_loss.mean()), "mean_loss_nonmembers": float(n_loss.mean()),
+        "mean_loss_members": float(m_loss.mean()),
+        "mean_loss_nonmembers": float(n_loss.mean()) if len(non) else None,
     }
     save_json(out_json, summary)
     _figure(m_loss.mean(1), n_loss.mean(1), summary, out_png)
@@ -108,6 +115,17 @@ def membership_stage(*, weights: str, model_config: str, train_npz: str, heldout
 
 
 def _figure(m_loss, n_loss, s, path):
+    if not len(n_loss):
+        fig, ax = plt.subplots(figsize=(5, 3.3))
+        ax.hist(m_loss, bins=40, histtype="step", lw=2, label="training")
+        ax.set_xlabel("denoising loss (mean over t and draws)")
+        ax.set_ylabel("images")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.suptitle(f"loss attack: {s['members']} training images and no unseen image: no "
+                     f"null, no attack", fontsize=8)
+        save_figure(fig, path)
+        return
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.3))
     bins = np.linspace(min(m_loss.min(), n_loss.min()), max(m_loss.max(), n_loss.max()), 40)
     axes[0].hist(n_loss, bins=bins, density=True, alpha=0.6, color="0.6", label="unseen (null)")

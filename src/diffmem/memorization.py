@@ -20,6 +20,11 @@ Primary statistics (one per question, uncorrected; the README names them):
 Every other p-value (other bands, Carlini's rate, the nearest-similarity AUC of Meehan et al.
 2020's data-copying test, every scale against the null, the other similarity) is adjusted by
 Holm within the run.
+
+Without any unseen image (an imported model given no held-out images) every set is still
+scored, the bands come from the training images themselves (:func:`scoring.reference_bands`),
+``plain_copies`` is reported with the answer "inconclusive (no null)", no secondary test is
+run, and SIDE against plain sampling (which needs no unseen image) is tested as usual.
 """
 
 from __future__ import annotations
@@ -82,16 +87,24 @@ def score_run(*, train: np.ndarray, groups: np.ndarray, plain: np.ndarray,
     rng = np.random.default_rng(int(cfg.get("seed", 4)))
     scorer = Scorer(train, groups, cfg, device)
     primary = cfg.get("similarity", "cosine")
-    null_cal = pool["images"][pool["calibrate"]]
-    null_score = pool["images"][pool["score"]]
-    nns = {PLAIN: scorer.nn(plain), NULL: scorer.nn(null_score)}
-    cal = scorer.nn(null_cal)
+    # no unseen image at all (an imported model without held-out images): every score is
+    # reported, none is tested against a null, and the bands come from the training images
+    no_null = len(pool["score"]) == 0
+    nns = {PLAIN: scorer.nn(plain)}
+    if not no_null:
+        nns[NULL] = scorer.nn(pool["images"][pool["score"]])
+        cal = scorer.nn(pool["images"][pool["calibrate"]])
+    quantiles, tail = cfg.get("band_quantiles", [0.5, 0.9, 0.99]), int(cfg.get("min_tail", 5))
     bands = {}
     for kind in sc.SIMILARITIES:
         fixed = cfg.get("fixed_bands") if kind == primary else None
-        bands[kind] = sc.fixed_bands(fixed) if fixed else sc.calibrate_bands(
-            cal[kind]["sim"][:, 0], cfg.get("band_quantiles", [0.5, 0.9, 0.99]),
-            int(cfg.get("min_tail", 5)))
+        if fixed:
+            bands[kind] = sc.fixed_bands(fixed)
+        elif no_null:
+            bands[kind] = sc.reference_bands(train, groups, quantiles, kind=kind, min_tail=tail,
+                                             device=device, mirror=bool(cfg.get("mirror")))
+        else:
+            bands[kind] = sc.calibrate_bands(cal[kind]["sim"][:, 0], quantiles, tail)
         scorer.edges[kind] = bands[kind]["edges"]
     if heldout is not None and len(heldout):
         nns[HELDOUT] = scorer.nn(heldout)
@@ -136,16 +149,25 @@ def score_run(*, train: np.ndarray, groups: np.ndarray, plain: np.ndarray,
         "question": "does plain sampling copy training images?",
         "statistic": f"excess share of plain samples in the high {primary} band over unseen "
                      f"images (p_gen − p_null)",
-        **sc.rate_excess(*high_hits(PLAIN), *high_hits(NULL)),
+        **(no_null_test(*high_hits(PLAIN)) if no_null else
+           sc.rate_excess(*high_hits(PLAIN), *high_hits(NULL))),
         "margin": float(cfg.get("margin_copies", 0.05)), "null_effect": 0.0,
         "test": "one-sided Fisher exact; Newcombe 95 % interval"}}
-    if best is not None:
+    if best is not None:  # SIDE against plain sampling: a comparison that needs no unseen image
         tests["side_extracts_more"] = _side_vs_plain(scorer, nns, best, primary, rng, cfg)
-    secondary = _secondary(scorer, nns, sizes, side_sets, primary, high_hits, cfg)
+    secondary = [] if no_null else _secondary(scorer, nns, sizes, side_sets, primary, high_hits,
+                                              cfg)
     return {"table": table, "bands": bands, "tests": tests, "secondary": secondary,
             "best_scale": best, "selection": selection, "equal_size": m, "nns": nns,
             "primary_similarity": primary, "top_k": scorer.k,
             "halves": None if halves is None else [len(halves[0]), len(halves[1])]}
+
+
+def no_null_test(k: int, n: int) -> dict:
+    """A primary statistic without unseen images: the rate is reported, nothing is tested."""
+    return {"value": k / n if n else 0.0, "n": n, "null_value": None, "null_n": 0,
+            "effect": None, "ci_low": None, "ci_high": None, "p_value": None,
+            "answer": sc.NO_NULL, "no_null": "no unseen images to compare with"}
 
 
 def _side_vs_plain(scorer, nns, best, primary, rng, cfg) -> dict:
@@ -241,6 +263,7 @@ def scores_stage(*, train_npz: str, plain_npz: str, side_npzs: list[str], scales
     with atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False)
     summary = {
+        "no_null": len(pool["score"]) == 0,
         "primary_similarity": res["primary_similarity"], "bands": res["bands"],
         "equal_size": res["equal_size"], "top_k": res["top_k"],
         "null": pool["counts"],
@@ -285,7 +308,11 @@ def _hist_figure(nns, edges, kind, path):
     sims = {k: v[kind]["sim"][:, 0] for k, v in nns.items()}
     lo = min(float(s.min()) for s in sims.values() if len(s))
     bins = np.linspace(lo, 1, 40)
-    ax.hist(sims[NULL], bins=bins, density=True, color="0.6", alpha=0.6, label=NULL)
+    if NULL in sims:
+        ax.hist(sims[NULL], bins=bins, density=True, color="0.6", alpha=0.6, label=NULL)
+    else:
+        ax.text(0.02, 0.95, "no unseen images: no null", transform=ax.transAxes, fontsize=8,
+                va="top")
     ax.hist(sims[PLAIN], bins=bins, density=True, histtype="step", lw=2, label=PLAIN)
     for k, s in sims.items():
         if isinstance(k, tuple):
@@ -305,12 +332,13 @@ def _hist_figure(nns, edges, kind, path):
 
 def _scale_figure(df, path):
     side = df[df["method"] == SIDE].sort_values("scale")
-    ref = {m: df[df["method"] == m].iloc[0] for m in (PLAIN, NULL)}
+    ref = {m: df[df["method"] == m].iloc[0] for m in (PLAIN, NULL) if (df["method"] == m).any()}
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.3))
     for ax, metric in zip(axes, ("ams_high", "ums_high"), strict=True):
         ax.plot(side["scale"], side[metric], "o-", label="SIDE")
         ax.axhline(ref[PLAIN][metric], ls=":", color="C1", label=PLAIN)
-        ax.axhline(ref[NULL][metric], ls="--", color="0.4", label=NULL)
+        if NULL in ref:
+            ax.axhline(ref[NULL][metric], ls="--", color="0.4", label=NULL)
         ax.set_xlabel("guidance scale s")
         ax.set_ylabel(metric.replace("_", " ").upper())
         ax.set_title(f"{metric.replace('_', ' ').upper()} (UMS at equal sizes)", fontsize=9)

@@ -6,6 +6,7 @@ anywhere. ``snakemake --report`` builds the HTML version from the rules' ``repor
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -141,13 +142,20 @@ def model_section(run_dir: Path, base: Path, name: str) -> str:
                                      f"{len(b['t50_control'])} unseen controls"),
             ("t50 [95 % interval], image / controls",
              f"**{b['t50']:.3f}** [{b['t50_ci'][0]:.3f}, {b['t50_ci'][1]:.3f}] / "
-             + ", ".join(f"{r:.3f}" for r in b["t50_control"])),
+             + (", ".join(f"{r:.3f}" for r in b["t50_control"]) or "none")),
             ("ρ, image / controls", f"{b['rho']:.3f} / "
-                                    + ", ".join(f"{r:.3f}" for r in b["rho_control"])),
-            ("walks back to the training image?", f"**{b['walks_back']}** (rank p "
-                                                  f"{b['rank_p_value_t50']:.3f})"),
+                                    + (", ".join(f"{r:.3f}" for r in b["rho_control"])
+                                       or "none")),
+            ("walks back to the training image?", f"**{b['walks_back']}**" + (
+                f" (rank p {b['rank_p_value_t50']:.3f})" if b["t50_control"] else "")),
         ]
-    parts = [f"## Imported model {name}", "", _table(rows), "",
+    no_null = [] if images["heldout_images"] else [
+        "**No held-out images were given, so none of the scores below has a null**: nothing "
+        "says what images the model never saw would score. Every score is reported; the "
+        "questions that need unseen images (copies? members told apart? walks back?) are "
+        "answered *inconclusive (no null)*, and only SIDE against plain sampling is tested. "
+        "Add held-out images (`heldout:` in the model's entry) for a verdict.", ""]
+    parts = [f"## Imported model {name}", "", *no_null, _table(rows), "",
              f"![samples]({_rel(run_dir / 'samples/grid.png', base)})", "",
              "*Images sampled from the imported model.*", ""]
     if (audit / "boundary.json").exists():
@@ -179,7 +187,20 @@ def _detector_rows(audit: Path) -> list[tuple[str, str]]:
     ]
 
 
+NO_NULL_TEXT = ("inconclusive (no null): there were no unseen images to compare with, so the "
+                "score is reported and nothing is tested.")
+
+
+def _num(x, missing: str = "–", fmt: str = ".3f") -> str:
+    """A number for a table; ``missing`` for a value a test without a null does not have."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return missing
+    return format(x, fmt)
+
+
 def _fmt_test(t: dict) -> str:
+    if t.get("effect") is None:
+        return f"{t.get('answer', 'not tested')}"
     return (f"{t['effect']:.3f} [{t['ci_low']:.3f}, {t['ci_high']:.3f}], "
             f"p = {t['p_value']:.3g}")
 
@@ -191,20 +212,29 @@ def side_section(side: Path, base: Path) -> list[str]:
     e = m["bands"][kind]["edges"]
     bands = m["bands"][kind]
     how = (f"quantiles {', '.join(f'{q:g}' for q in bands['quantiles_used'])} of "
-           f"{bands['calibration_images']} unseen images' nearest-training similarity"
+           f"{bands['calibration_images']} " + ("training images' nearest-other-group similarity"
+                                                if m.get("no_null") else
+                                                "unseen images' nearest-training similarity")
            if bands["quantiles_used"] else "fixed")
     null = m["null"]
+    if m.get("no_null"):
+        about = ("**No null: there were no unseen images**, so these scores are reported and "
+                 "not tested against what unseen images score; the bands are a reference from "
+                 "the training images themselves, not a null.")
+    else:
+        about = (f"The null: {null['score']} unseen real images scored (another "
+                 f"{null['calibrate']} set the bands) out of {null['heldout']} held-out images "
+                 f"({null['heldout_twins_excluded']} left out as near-duplicates of training "
+                 f"images) and {null['unused_train']} unused training-split images "
+                 f"({null['unused_train_twins_excluded']} left out).")
     head = ["method", "scale", "images", "AMS low", "AMS mid", "AMS high",
             f"UMS low @{m['equal_size']}", f"UMS mid @{m['equal_size']}",
             f"UMS high @{m['equal_size']}", "Carlini rate", f"Carlini distinct @{m['equal_size']}",
             "mean NN sim"]
-    lines = [f"### Memorization scores beside their null ({kind} similarity)", "",
+    title = "without a null" if m.get("no_null") else "beside their null"
+    lines = [f"### Memorization scores {title} ({kind} similarity)", "",
              f"Bands: low [{e[0]:.3f}, {e[1]:.3f}), mid [{e[1]:.3f}, {e[2]:.3f}), high ≥ "
-             f"{e[2]:.3f} ({how}). The null: {null['score']} unseen real images scored (another "
-             f"{null['calibrate']} set the bands) out of {null['heldout']} held-out images "
-             f"({null['heldout_twins_excluded']} left out as near-duplicates of training images)"
-             f" and {null['unused_train']} unused training-split images "
-             f"({null['unused_train_twins_excluded']} left out). UMS and distinct Carlini "
+             f"{e[2]:.3f} ({how}). {about} UMS and distinct Carlini "
              f"extractions count groups of near-duplicate training images, at "
              f"{m['equal_size']} images per set (mean over random subsets).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -220,9 +250,13 @@ def side_section(side: Path, base: Path) -> list[str]:
     lines += ["", "Primary statistics (effect [95 % interval], one-sided p):", ""]
     for t in m["tests"].values():
         lines.append(f"* {t['question']} {t['statistic']}: {_fmt_test(t)} "
-                     f"(value {t['value']:.3f} vs null {t['null_value']:.3f}; {t['test']}).")
-    lines += ["", "Secondary tests (p-values Holm-adjusted within the run):", "",
-              "| test | effect [95 % interval] | p | p (Holm) |", "|---|---|---|---|"]
+                     f"(value {t['value']:.3f} vs null {_num(t['null_value'], 'none')}; "
+                     f"{t['test'] if t.get('effect') is not None else t['no_null']}).")
+    lines += ["", "Secondary tests (p-values Holm-adjusted within the run):", ""]
+    if not m["secondary"]:
+        lines.append("None: each compares a set with unseen images, and there are none.")
+    else:
+        lines += ["| test | effect [95 % interval] | p | p (Holm) |", "|---|---|---|---|"]
     for t in m["secondary"]:
         lines.append(f"| {t['name']} | {t['effect']:.3f} [{t['ci_low']:.3f}, "
                      f"{t['ci_high']:.3f}] | {t['p_value']:.3g} | {t['p_holm']:.3g} |")
@@ -246,6 +280,11 @@ def side_section(side: Path, base: Path) -> list[str]:
 
 def membership_section(audit: Path, base: Path) -> list[str]:
     s = load_json(audit / "membership.json")
+    if s.get("effect") is None:
+        return ["### Membership inference (loss attack)", "",
+                f"**Not run: {s['no_null']}** (the attack's null). Mean denoising loss of the "
+                f"{s['members']} training images: {s['mean_loss_members']:.4f}.", "",
+                f"![membership]({_rel(audit / 'membership.png', base)})", ""]
     by_t = ", ".join(f"t/T = {a['t_over_T']:g}: {a['auc']:.3f}" for a in s["auc_by_t"])
     return ["### Membership inference (loss attack)", "",
             f"AUC {_fmt_test(s)} over {s['members']} training and {s['nonmembers']} unseen "
@@ -266,7 +305,7 @@ def run_label(run) -> str:
 
 def walk_back_test(b: dict) -> dict:
     """The boundary search's answer as a verdict row: target t50 against the controls'."""
-    top = max(b["t50_control"]) if b["t50_control"] else float("nan")
+    top = max(b["t50_control"]) if b["t50_control"] else None
     what = ("the most copied training image" if b.get("query", {}).get("chosen", "").startswith(
         "most") else "the chosen training image") if b.get("query_kind") else \
         "the fingerprinted image"
@@ -274,9 +313,12 @@ def walk_back_test(b: dict) -> dict:
                         f"images?",
             "statistic": f"t50 (isotonic p̂_t = 0.5) of the target minus the largest of "
                          f"{len(b['t50_control'])} unseen controls'; p = rank among them",
-            "value": b["t50"], "null_value": top, "effect": b["t50"] - top,
-            "ci_low": b["t50_ci"][0] - top, "ci_high": b["t50_ci"][1] - top,
-            "p_value": b["rank_p_value_t50"], "margin": 0.0, "null_effect": 0.0,
+            "value": b["t50"], "null_value": top,
+            **({"effect": None, "ci_low": None, "ci_high": None} if top is None else
+               {"effect": b["t50"] - top, "ci_low": b["t50_ci"][0] - top,
+                "ci_high": b["t50_ci"][1] - top}),
+            "p_value": b["rank_p_value_t50"] if top is not None else None,
+            "margin": 0.0, "null_effect": 0.0,
             "n": b["m"], "null_n": b["m"] * len(b["t50_control"]), "answer": b["walks_back"]}
 
 
@@ -325,14 +367,16 @@ def verdict_stage(*, runs: list, metrics: list[str], membership: list[str], alph
              "| p | margin |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['run']} | {r['question']} | "
-                     f"**{r['answer']}** | {r['primary statistic']} | {r['value']:.3f} "
-                     f"({r['null']:.3f}) | {r['effect']:.3f} [{r['ci_low']:.3f}, "
-                     f"{r['ci_high']:.3f}] | {r['p_value']:.3g} | {r['margin']:g} |")
+                     f"**{r['answer']}** | {r['primary statistic']} | {_num(r['value'])} "
+                     f"({_num(r['null'], 'no null')}) | {_num(r['effect'])} "
+                     f"[{_num(r['ci_low'])}, {_num(r['ci_high'])}] | "
+                     f"{_num(r['p_value'], fmt='.3g')} | {r['margin']:g} |")
     lines += ["", f"yes: the primary test is significant at α = {alpha:g} and its 95 % "
                   f"interval excludes no effect; no: the interval excludes an effect larger "
                   f"than the margin; otherwise inconclusive (too few images to tell). The "
                   f"walk-back row: yes when the target's whole t50 interval lies above every "
-                  f"control's t50, no when its t50 is within the controls' range.", ""]
+                  f"control's t50, no when its t50 is within the controls' range. "
+                  f"{NO_NULL_TEXT}", ""]
     save_text(out_md, "\n".join(lines))
     return rows
 

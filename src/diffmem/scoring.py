@@ -35,6 +35,8 @@ import torch
 
 SIMILARITIES = ("cosine", "l2")
 BAND_NAMES = ("low", "mid", "high")
+# the answer of a question whose score has no null (no unseen images to compare with)
+NO_NULL = "inconclusive (no null)"
 
 
 # ----------------------------------------------------------------------------- similarities
@@ -138,6 +140,29 @@ def calibrate_bands(null_sim: np.ndarray, quantiles, min_tail: int = 5) -> dict:
     edges = [float(np.quantile(null_sim, q, method="higher")) for q in used]
     return {"edges": edges, "quantiles": [float(q) for q in quantiles], "quantiles_used": used,
             "calibration_images": int(n), "kind": "quantiles of unseen images"}
+
+
+def reference_bands(train: np.ndarray, groups: np.ndarray, quantiles, *, kind: str,
+                    min_tail: int = 5, device="cpu", mirror: bool = False) -> dict:
+    """Band edges without unseen images: quantiles of each training image's similarity to its
+    nearest training image of *another* near-duplicate group (leave-one-out), capped as in
+    :func:`calibrate_bands`. For exchangeable images this approximates what an unseen image
+    would score, but the model saw every one of them, so it is a reference, not a null."""
+    nn_ = nearest(train, train, kind=kind, top_k=min(50, len(train)), device=device,
+                  mirror=mirror)
+    other = np.asarray(groups)[nn_["index"]] != np.asarray(groups)[:, None]
+    has = other.any(1)
+    sims = nn_["sim"][np.arange(len(train)), other.argmax(1)][has]
+    try:
+        bands = calibrate_bands(sims, quantiles, min_tail)
+    except ValueError:
+        raise ValueError(f"{len(sims)} training images with a neighbour of another group cannot "
+                         f"set similarity bands without held-out images (need at least "
+                         f"{2 * min_tail}); add held-out images or set scoring.fixed_bands"
+                         ) from None
+    return bands | {"kind": "quantiles of training images' similarity to their nearest "
+                            "training image of another group (no unseen images: a reference, "
+                            "not a null)"}
 
 
 def fixed_bands(edges) -> dict:
@@ -368,7 +393,10 @@ def holm(p_values) -> list[float]:
 
 def decide(test: dict, *, alpha: float, margin: float, null_effect: float = 0.0) -> str:
     """yes: significant at ``alpha`` and the interval excludes no effect; no: the interval
-    excludes an effect larger than ``margin``; otherwise inconclusive."""
+    excludes an effect larger than ``margin``; otherwise inconclusive. A test without a null
+    (``test["answer"]`` set to :data:`NO_NULL`) keeps that answer."""
+    if test.get("answer"):
+        return test["answer"]
     if test["p_value"] < alpha and test["ci_low"] > null_effect:
         return "yes"
     if test["ci_high"] < null_effect + margin:
