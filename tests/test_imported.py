@@ -108,9 +108,11 @@ def test_a_models_entry_is_checked_before_any_job(test_cfg, pipeline_dir, pngs):
     folder, _ = pngs
     cfg = copy.deepcopy(test_cfg)
     cfg["datasets"] = []
-    # no held-out images: allowed (the audit then runs without a null)
+    heldout = folder.parent / "heldout"
+    write_pngs(np.random.default_rng(1).integers(0, 256, (12, 28, 28), dtype=np.uint8),
+               heldout, "h")
     cfg["models"] = {"m": {"folder": str(pipeline_dir), "train": str(folder),
-                           "boundary_images": ["part1/x01.png", 2]}}
+                           "heldout": str(heldout), "boundary_images": ["part1/x01.png", 2]}}
     check_config(cfg, SCHEMA)
     info = model_info(cfg, "m")
     assert info["size"] == 8 and info["channels"] == 1 and info["images"]["train"] == 6
@@ -136,6 +138,16 @@ def test_a_models_entry_is_checked_before_any_job(test_cfg, pipeline_dir, pngs):
     c = copy.deepcopy(cfg)
     c["models"]["m"]["heldout"] = str(folder)
     c["scoring"]["fixed_bands"] = [0.5, 0.8, 0.95]
+    check_config(c, SCHEMA)
+    # no held-out images is allowed (the audit runs without a null), but the bands then come
+    # from the training images, and 6 are too few
+    refused(lambda m: m.pop("heldout"),
+            "config error at models.m.heldout: none given, so the similarity bands come from "
+            "the 6 training images themselves; expected at least 10")
+    c = copy.deepcopy(cfg)
+    c["models"]["m"].pop("heldout")
+    c["models"]["m"]["train"] = str(folder.parent)  # 18 images
+    c["models"]["m"]["boundary_images"] = []
     check_config(c, SCHEMA)
     refused(lambda m: m.update(sample={"steps": 51}),
             "models.m.sample.steps: 51 exceeds the model's 50 diffusion steps")
