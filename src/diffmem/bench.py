@@ -11,10 +11,11 @@ the config's first dataset and size, in a temporary folder:
   fp32, ``loss.item()`` every step, as diffusers' ``train_unconditional.py``) and of
   :func:`diffmem.train.train_dpm` (data on the device, bf16 autocast, fused AdamW,
   channels_last, with and without ``torch.compile``), same model and batch;
-* sampling images/s with the configured sampler and steps;
+* sampling images/s and image-evaluations/s (images × steps) with the configured sampler and
+  steps: the plain loop and, on a GPU, the fixed-shape CUDA-graphed one (``cuda_graphs``);
 * the adversary classifiers (a fixed number of steps: timing only);
-* the boundary search, exhaustive over every ``--boundary-t-step``-th t and by bisection, with
-  the config's M, sampler and steps (T stated);
+* the boundary search, exhaustive over every ``--boundary-t-step``-th t (on a GPU graphed and
+  plain) and by bisection, with the config's M, sampler and steps (T stated);
 * with ``--e2e``: the whole DAG of the config, ``snakemake --cores all``, in a fresh folder.
 
 Peak GPU memory is reported per row (``torch.cuda.max_memory_allocated``; for the end-to-end
@@ -38,7 +39,14 @@ import numpy as np
 import torch
 import yaml
 
-from .diffusion import NoiseProcess, build_unet, gpu_peak_gib, resolve_device, to_tensor
+from .diffusion import (
+    NoiseProcess,
+    build_unet,
+    fast_runner,
+    gpu_peak_gib,
+    resolve_device,
+    to_tensor,
+)
 
 
 def _peak_reset(dev):
@@ -155,15 +163,31 @@ def run(config: dict, *, data_root: str, train_steps: int, plain_steps: int, sam
         shape = (meta["unet"]["in_channels"], meta["unet"]["sample_size"],
                  meta["unet"]["sample_size"])
         autocast = bool(sc.get("bf16", True)) and cuda
-        _, dt, peak = _timed(dev, lambda: sample(
-            model, process, sample_n, shape=shape, sampler=sc["sampler"], steps=sc["steps"],
-            batch_size=sc.get("batch_size", 1000), device=dev, autocast=autocast,
-            progress=progress))
-        rows.append({"stage": f"sample: {sample_n} images, {sc['sampler']} {sc['steps']} steps",
-                     "batch": sc.get("batch_size", 1000),
-                     "precision": "bf16" if autocast else "fp32",
-                     "images_per_s": round(sample_n / dt, 1), "wall_s": round(dt, 2),
-                     "peak_gib": peak})
+        # the plain loop, then (on a GPU) the fixed-shape CUDA-graphed one: same images
+        plain_ips = None
+        for graphs in (False, True) if cuda else (False,):
+            runner = fast_runner(model, dev, autocast=autocast, graphs=graphs)
+            if runner is not None:  # capture (and its check) outside the timing
+                sample(model, process, 1, shape=shape, sampler=sc["sampler"], steps=1,
+                       batch_size=sc.get("batch_size", 1000), device=dev, autocast=autocast,
+                       progress=False, runner=runner)
+            _, dt, peak = _timed(dev, lambda runner=runner: sample(
+                model, process, sample_n, shape=shape, sampler=sc["sampler"],
+                steps=sc["steps"], batch_size=sc.get("batch_size", 1000), device=dev,
+                autocast=autocast, progress=progress, runner=runner))
+            captured = runner is not None and any(b["graph"] is not None
+                                                  for b in runner.sizes.values())
+            ips = sample_n / dt
+            plain_ips = plain_ips or ips
+            rows.append({"stage": f"sample: {sample_n} images, {sc['sampler']} {sc['steps']} "
+                                  f"steps" + (", CUDA graphs" if captured else
+                                              ", graphs failed: eager" if graphs else ""),
+                         "batch": sc.get("batch_size", 1000),
+                         "precision": "bf16" if autocast else "fp32",
+                         "images_per_s": round(ips, 1),
+                         "image_evaluations_per_s": round(ips * sc["steps"], 1),
+                         "speedup_vs_plain": round(ips / plain_ips, 2), "wall_s": round(dt, 2),
+                         "peak_gib": peak})
 
         ccfg = dict(config["classifiers"], steps=classifier_steps, eval_every=classifier_steps,
                     patience=10**6)
@@ -175,22 +199,27 @@ def run(config: dict, *, data_root: str, train_steps: int, plain_steps: int, sam
                               f"{classifier_steps} steps each", "batch": ccfg["batch_size"],
                      "wall_s": round(dt, 2), "peak_gib": peak})
 
-        for method in ("exhaustive", "bisection"):
+        variants = [("exhaustive", True), ("bisection", True)]
+        if cuda:  # the plain loop beside the graphed one
+            variants.insert(1, ("exhaustive", False))
+        for method, graphs in variants:
             bcfg = dict(bc, method=method, t_step=boundary_t_step)
-            out = tmp / f"b_{method}"
-            res, dt, peak = _timed(dev, lambda bcfg=bcfg, out=out: boundary_stage(
+            out = tmp / f"b_{method}_{graphs}"
+            res, dt, peak = _timed(dev, lambda bcfg=bcfg, out=out, graphs=graphs: boundary_stage(
                 weights=f["w"], model_config=f["mc"], target_npz=f["target"],
                 target_json=f["target_json"], train_npz=f["train"], heldout_npz=f["heldout"],
                 unused_npz=f["unused"], c_saf=f["c_saf"], c_id=f["c_id"], classifiers_json=f["cj"],
                 threshold=config["classifiers"].get("threshold", 0.5), cfg=bcfg, seed=0,
                 device=str(dev),
                 bf16=bool(sc.get("bf16", True)), out_csv=f"{out}.csv", out_json=f"{out}.json",
-                out_png=f"{out}.png"))
+                out_png=f"{out}.png", graphs=graphs))
             levels = (f"{bcfg.get('points_per_round', 8)} t per round" if method == "bisection"
                       else "every t" if boundary_t_step == 1 else f"t_step {boundary_t_step}")
             rows.append({"stage": f"boundary search: {method} ({levels}), T = {process.T}, "
                                   f"M = {res['m']}, {res['sampler']} {res['steps']} steps, "
-                                  f"target and {len(res['rho_control'])} controls",
+                                  f"target and {len(res['rho_control'])} controls"
+                                  + (", plain loop" if cuda and not graphs else
+                                     ", CUDA graphs" if cuda else ""),
                          "batch": bc.get("batch_size"), "wall_s": round(dt, 2),
                          "evaluations": res["evaluations"], "peak_gib": peak})
     return rows
@@ -244,8 +273,8 @@ def _walk(d: dict):
             yield k, v
 
 
-COLUMNS = ["stage", "batch", "precision", "images_per_s", "speedup_vs_plain", "wall_s",
-           "evaluations", "peak_gib"]
+COLUMNS = ["stage", "batch", "precision", "images_per_s", "image_evaluations_per_s",
+           "speedup_vs_plain", "wall_s", "evaluations", "peak_gib"]
 
 
 def markdown(rows: list[dict]) -> str:

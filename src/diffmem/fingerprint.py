@@ -186,8 +186,8 @@ def nearest_accept(refs: np.ndarray, group: np.ndarray, device="cpu"):
 
 
 def search_queries(model, process, sampler: str, steps: int, queries: list, refs: np.ndarray,
-                   cfg: dict, seed: int, dev, bf16: bool, extra_accept: dict | None = None
-                   ) -> tuple[dict, pd.DataFrame, float]:
+                   cfg: dict, seed: int, dev, bf16: bool, extra_accept: dict | None = None,
+                   graphs: bool = True) -> tuple[dict, pd.DataFrame, float]:
     """The boundary search from every query (name, image, indices of its group in ``refs``)
     with the classifier-free test (:func:`nearest_accept`); ``extra_accept[name]`` adds a second
     rule for that query (the paper's C_SAF ∧ C_ID for the target). One sampler, one random
@@ -199,6 +199,10 @@ def search_queries(model, process, sampler: str, steps: int, queries: list, refs
     autocast = bf16 and dev.type == "cuda"
     chunk = int(cfg.get("batch_size", 4096))
     extra_accept = extra_accept or {}
+    # fixed-shape, CUDA-graphed steps on a GPU: each distinct batch size is captured once
+    from .diffusion import fast_runner
+
+    runner = fast_runner(model, dev, autocast=autocast, graphs=graphs)
 
     def noise_fn(x0, t):
         return process.add_noise(x0, torch.randn(x0.shape, generator=gen, device=dev), t, coef)
@@ -207,7 +211,8 @@ def search_queries(model, process, sampler: str, steps: int, queries: list, refs
         out = []
         for i in range(0, len(x_t), chunk):  # one batch per chunk: every t runs together
             out.append(reverse(model, process, x_t[i:i + chunk], t[i:i + chunk].cpu().numpy(),
-                               sampler=sampler, steps=steps, generator=gen, autocast=autocast))
+                               sampler=sampler, steps=steps, generator=gen, autocast=autocast,
+                               runner=runner))
         return torch.cat(out)
 
     t0 = time.perf_counter()
@@ -266,7 +271,8 @@ def walk_back_summary(tr: dict, controls: list[dict], T: int) -> dict:
 def boundary_stage(*, weights: str, model_config: str, target_npz: str, target_json: str,
                    train_npz: str, heldout_npz: str, unused_npz: str, c_saf: str, c_id: str,
                    classifiers_json: str, threshold: float, cfg: dict, seed: int, device: str,
-                   bf16: bool, out_csv: str, out_json: str, out_png: str) -> dict:
+                   bf16: bool, out_csv: str, out_json: str, out_png: str,
+                   graphs: bool = True) -> dict:
     """The boundary search from the target and from matched control images (module audit)."""
     from .audit import upper_darboux
 
@@ -296,7 +302,7 @@ def boundary_stage(*, weights: str, model_config: str, target_npz: str, target_j
 
     results, df, seconds = search_queries(
         model, process, sampler, steps, queries, refs, cfg, seed, dev, bf16,
-        extra_accept={"target": classifiers_accept})
+        extra_accept={"target": classifiers_accept}, graphs=graphs)
     _csv(df, out_csv)
     tr = results["target"]
     controls = [results[q[0]] for q in queries[1:]]

@@ -80,7 +80,7 @@ def choose_images(chosen: list, names: list[str], samples: np.ndarray, train: np
 def image_boundary_stage(*, weights: str, model_config: str, train_npz: str, heldout_npz: str,
                          samples_npz: str, duplicates_npz: str, cfg: dict, chosen: list,
                          count: int, mirror: bool, seed: int, device: str, bf16: bool,
-                         out_csv: str, out_json: str, out_png: str) -> dict:
+                         out_csv: str, out_json: str, out_png: str, graphs: bool = True) -> dict:
     """Does the model walk back to a training image from more noise than to unseen images?
 
     Without a fingerprint, a reverse run "returns" when the classifier-free test of the
@@ -135,7 +135,7 @@ def image_boundary_stage(*, weights: str, model_config: str, train_npz: str, hel
     queries += [(f"control {j + 1}", heldout[h], members(len(train) + h))
                 for j, h in enumerate(ctl)]
     results, df, seconds = search_queries(model, process, sampler, steps, queries, refs, cfg,
-                                          seed, dev, bf16)
+                                          seed, dev, bf16, graphs=graphs)
     controls = [results[q[0]] for q in queries[len(picks):]]
     per_image = []
     for i in picks:

@@ -181,10 +181,14 @@ def guidance_fn(net: nn.Module, y: torch.Tensor):
 
 def extract_stage(*, weights: str, model_config: str, clf_weights: str, clf_json: str,
                   scale: float, per_cluster: int, sampler: str, steps: int, batch_size: int,
-                  seed: int, device: str, bf16: bool, out_npz: str, out_png: str) -> dict:
+                  seed: int, device: str, bf16: bool, out_npz: str, out_png: str,
+                  graphs: bool = True) -> dict:
     """Guided sampling toward every surrogate cluster at guidance scale ``scale``."""
+    from .diffusion import fast_runner
+
     dev = resolve_device(device)
     model, meta = load_model(weights, model_config, dev)
+    runner = fast_runner(model, dev, autocast=bf16 and dev.type == "cuda", graphs=graphs)
     process = NoiseProcess.from_config(meta["diffusion"])
     net = load_time_classifier(clf_weights, clf_json, dev)
     k = net.config["num_classes"]
@@ -198,7 +202,8 @@ def extract_stage(*, weights: str, model_config: str, clf_weights: str, clf_json
         images.append(sample(model, process, len(y), shape=shape, sampler=sampler, steps=steps,
                              batch_size=len(y), seed=seed * 100_003 + start, device=dev,
                              autocast=bf16 and dev.type == "cuda",
-                             guidance=guidance_fn(net, y), guidance_scale=scale, progress=False))
+                             guidance=guidance_fn(net, y), guidance_scale=scale, progress=False,
+                             runner=runner))
     images = np.concatenate(images)
     save_npz(out_npz, images=images, labels=labels)
     image_grid(images[np.argsort(labels, kind="stable")], out_png, ncols=min(per_cluster, 10),

@@ -19,6 +19,7 @@ with logged(sm.log[0]):
             seed=run_seed(sm.wildcards, sm.config) * 1000 + sm.params.boundary.get("seed", 2),
             device=sm.params.device,
             bf16=sm.params.bf16,
+            graphs=sm.config.get("cuda_graphs", True),
             out_csv=sm.output.csv,
             out_json=sm.output.summary,
             out_png=sm.output.figure,

@@ -15,6 +15,7 @@ with logged(sm.log[0]):
         seed=run_seed(sm.wildcards, sm.config) * 1000 + cfg.get("seed", 1),
         device=sm.params.device,
         bf16=cfg.get("bf16", True),
+        graphs=sm.config.get("cuda_graphs", True),
         out_samples=sm.output.samples,
         out_grid=sm.output.grid,
         out_json=sm.output.info,

@@ -18,6 +18,7 @@ with logged(sm.log[0]):
             seed=run_seed(sm.wildcards, sm.config) * 1000 + sm.params.seed,
             device=sm.params.device,
             bf16=sm.params.bf16,
+            graphs=sm.config.get("cuda_graphs", True),
             out_npz=sm.output.samples,
             out_png=sm.output.grid,
         )
