@@ -358,6 +358,7 @@ def verdict_stage(*, runs: list, metrics: list[str], membership: list[str], alph
     import pandas as pd
 
     from .io import atomic_path
+    from .scoring import NO_NULL
 
     rows = verdict_rows(runs, metrics, membership, alpha, boundaries)
     df = pd.DataFrame(rows)
@@ -375,8 +376,8 @@ def verdict_stage(*, runs: list, metrics: list[str], membership: list[str], alph
                   f"interval excludes no effect; no: the interval excludes an effect larger "
                   f"than the margin; otherwise inconclusive (too few images to tell). The "
                   f"walk-back row: yes when the target's whole t50 interval lies above every "
-                  f"control's t50, no when its t50 is within the controls' range. "
-                  f"{NO_NULL_TEXT}", ""]
+                  f"control's t50, no when its t50 is within the controls' range."
+              + (f" {NO_NULL_TEXT}" if any(r["answer"] == NO_NULL for r in rows) else ""), ""]
     save_text(out_md, "\n".join(lines))
     return rows
 
