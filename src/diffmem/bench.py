@@ -175,8 +175,7 @@ def run(config: dict, *, data_root: str, train_steps: int, plain_steps: int, sam
                 model, process, sample_n, shape=shape, sampler=sc["sampler"],
                 steps=sc["steps"], batch_size=sc.get("batch_size", 1000), device=dev,
                 autocast=autocast, progress=progress, runner=runner))
-            captured = runner is not None and any(b["graph"] is not None
-                                                  for b in runner.sizes.values())
+            captured = runner is not None and runner.captured
             ips = sample_n / dt
             plain_ips = plain_ips or ips
             rows.append({"stage": f"sample: {sample_n} images, {sc['sampler']} {sc['steps']} "

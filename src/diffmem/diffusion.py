@@ -352,6 +352,11 @@ class EpsRunner:
                         len(buf["x"]), str(e).splitlines()[0])
             buf.pop("out", None)
 
+    @property
+    def captured(self) -> bool:
+        """Whether any batch size runs from a CUDA graph (else everything ran eagerly)."""
+        return any(b["graph"] is not None for b in self.sizes.values())
+
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         n = len(x)
         buf = self._buffers(x, t)

@@ -17,7 +17,14 @@ from .audit import (
     pixel_reproduction,
 )
 from .classifier import as_nchw_uint8, load_classifier, normalise
-from .diffusion import NoiseProcess, gpu_peak_gib, load_model, resolve_device, reverse
+from .diffusion import (
+    NoiseProcess,
+    fast_runner,
+    gpu_peak_gib,
+    load_model,
+    resolve_device,
+    reverse,
+)
 from .figures import plt
 from .io import atomic_path, load_json, load_npz, save_figure, save_json
 
@@ -200,8 +207,6 @@ def search_queries(model, process, sampler: str, steps: int, queries: list, refs
     chunk = int(cfg.get("batch_size", 4096))
     extra_accept = extra_accept or {}
     # fixed-shape, CUDA-graphed steps on a GPU: each distinct batch size is captured once
-    from .diffusion import fast_runner
-
     runner = fast_runner(model, dev, autocast=autocast, graphs=graphs)
 
     def noise_fn(x0, t):

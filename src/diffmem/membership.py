@@ -94,9 +94,8 @@ def membership_stage(*, weights: str, model_config: str, train_npz: str, heldout
     # without unseen images there is nothing to tell training images from: the members'
     # losses are reported and the question stays open
     res = attack(m_loss, n_loss, seed=int(cfg.get("seed", 5)), t_fracs=t_fracs) if len(non) \
-        else {"effect": None, "ci_low": None, "ci_high": None, "p_value": None, "tpr": None,
-              "answer": sc.NO_NULL, "no_null": "no unseen images to tell training images from",
-              "null_value": None, "auc_by_t": []}
+        else sc.untested(None, len(members), "no unseen images to tell training images from") \
+        | {"tpr": None, "auc_by_t": []}
     summary = res | {
         "question": "can training images be told from unseen ones?",
         "statistic": "AUC of the loss attack (−denoising loss at t/T = "

@@ -145,12 +145,13 @@ def score_run(*, train: np.ndarray, groups: np.ndarray, plain: np.ndarray,
         b = sc.band_intervals(scorer.edges[kind])[sc.BAND_NAMES.index(band)]
         return int(sc.in_band(nns[key][kind]["sim"][:, 0], b).sum()), sizes[key]
 
+    k_plain, n_plain = high_hits(PLAIN)
     tests = {"plain_copies": {
         "question": "does plain sampling copy training images?",
         "statistic": f"excess share of plain samples in the high {primary} band over unseen "
                      f"images (p_gen − p_null)",
-        **(no_null_test(*high_hits(PLAIN)) if no_null else
-           sc.rate_excess(*high_hits(PLAIN), *high_hits(NULL))),
+        **(sc.untested(k_plain / n_plain, n_plain, "no unseen images to compare with")
+           if no_null else sc.rate_excess(k_plain, n_plain, *high_hits(NULL))),
         "margin": float(cfg.get("margin_copies", 0.05)), "null_effect": 0.0,
         "test": "one-sided Fisher exact; Newcombe 95 % interval"}}
     if best is not None:  # SIDE against plain sampling: a comparison that needs no unseen image
@@ -161,13 +162,6 @@ def score_run(*, train: np.ndarray, groups: np.ndarray, plain: np.ndarray,
             "best_scale": best, "selection": selection, "equal_size": m, "nns": nns,
             "primary_similarity": primary, "top_k": scorer.k,
             "halves": None if halves is None else [len(halves[0]), len(halves[1])]}
-
-
-def no_null_test(k: int, n: int) -> dict:
-    """A primary statistic without unseen images: the rate is reported, nothing is tested."""
-    return {"value": k / n if n else 0.0, "n": n, "null_value": None, "null_n": 0,
-            "effect": None, "ci_low": None, "ci_high": None, "p_value": None,
-            "answer": sc.NO_NULL, "no_null": "no unseen images to compare with"}
 
 
 def _side_vs_plain(scorer, nns, best, primary, rng, cfg) -> dict:

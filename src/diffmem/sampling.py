@@ -41,8 +41,7 @@ def sample_stage(*, weights: str, model_config: str, num_samples: int, batch_siz
                title=f"{min(len(images), 100)} of {len(images)} samples ({sampler}, {steps} steps)")
     info = {"num_samples": int(len(images)), "sampler": sampler, "steps": steps, "seed": seed,
             "device": str(dev), "seconds": round(elapsed, 2),
-            "cuda_graphs": runner is not None and any(b["graph"] is not None
-                                                      for b in runner.sizes.values()),
+            "cuda_graphs": runner is not None and runner.captured,
             "images_per_second": round(len(images) / max(elapsed, 1e-9), 1),
             "peak_gpu_gib": gpu_peak_gib(dev)}
     if out_json:

@@ -391,6 +391,14 @@ def holm(p_values) -> list[float]:
     return adj.tolist()
 
 
+def untested(value, n: int, reason: str) -> dict:
+    """A primary statistic without unseen images to compare with: its value is reported,
+    nothing is tested, and the answer is :data:`NO_NULL`."""
+    return {"value": value, "n": n, "null_value": None, "null_n": 0, "effect": None,
+            "ci_low": None, "ci_high": None, "p_value": None, "answer": NO_NULL,
+            "no_null": reason}
+
+
 def decide(test: dict, *, alpha: float, margin: float, null_effect: float = 0.0) -> str:
     """yes: significant at ``alpha`` and the interval excludes no effect; no: the interval
     excludes an effect larger than ``margin``; otherwise inconclusive. A test without a null
