@@ -1,14 +1,17 @@
 # diffmem: audit a diffusion model for memorization of its training data.
-# The stages live in rules/*.smk; each rule calls one script in workflow/scripts, which calls
-# the library in src/diffmem.
+# The stages live in rules/*.smk; each rule calls one script in workflow/scripts (named like the
+# rule), which calls one function of the matching stage module, src/diffmem/stages/<file>.py.
 
 
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/dpm.smk"
 include: "rules/fingerprint.smk"
+include: "rules/quality.smk"
 include: "rules/side.smk"
+include: "rules/scores.smk"
 include: "rules/models.smk"
+include: "rules/membership.smk"
 include: "rules/verdict.smk"
 include: "rules/report.smk"
 include: "rules/bench.smk"

@@ -3,8 +3,8 @@ from pathlib import Path
 
 from snakemake.utils import min_version
 
-from diffmem.config import (
-    ConfigError,
+from diffmem.errors import ConfigError
+from diffmem.stages.config import (
     all_runs,
     check_config,
     dataset_entry,
@@ -12,6 +12,7 @@ from diffmem.config import (
     model_info,
     run_dir,
     run_parts,
+    run_seed,
     runs,
 )
 
@@ -112,6 +113,14 @@ def inception_weights(wildcards):
     """The FID Inception file is an input when configured, so replacing it re-runs FID."""
     path = (config.get("fid") or {}).get("inception_weights")
     return os.path.expanduser(path) if path else []
+
+
+def seeded(offset):
+    """A job's seed: its run's seed (an imported model's ``seed``) x 1000 + the stage's offset,
+    a function of the wildcards or a number. A param, so a new seed re-runs the job."""
+    return lambda wc: run_seed(wc, config) * 1000 + int(
+        offset(wc) if callable(offset) else offset
+    )
 
 
 def gpu_resources():

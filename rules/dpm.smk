@@ -51,5 +51,6 @@ rule sample:
     params:
         sample=sample_settings,
         device=config.get("device", "auto"),
+        seed=seeded(lambda wc: sample_settings(wc).get("seed", 1)),
     script:
         "../workflow/scripts/sample.py"

@@ -86,6 +86,7 @@ rule boundary_search:
         threshold=config["classifiers"].get("threshold", 0.5),
         bf16=config["sample"].get("bf16", True),
         device=config.get("device", "auto"),
+        seed=seeded(config["boundary"].get("seed", 2)),
     script:
         "../workflow/scripts/boundary_search.py"
 
@@ -116,29 +117,9 @@ rule detector_check:
         detectors=config["detectors"],
         bf16=config["sample"].get("bf16", True),
         device=config.get("device", "auto"),
+        seed=seeded(config["detectors"].get("seed", 6)),
     script:
         "../workflow/scripts/detector_check.py"
-
-
-rule sample_quality:
-    input:
-        samples="results/{dataset}/n{size}/seed{seed}/samples/samples.npz",
-        train="results/{dataset}/n{size}/seed{seed}/data/train.npz",
-        heldout="results/{dataset}/n{size}/seed{seed}/data/heldout.npz",
-        inception=inception_weights,
-    output:
-        json="results/{dataset}/n{size}/seed{seed}/audit/fid.json",
-    log:
-        "logs/{dataset}/n{size}/seed{seed}/sample_quality.log",
-    conda:
-        CONDA_ENV
-    resources:
-        **gpu_resources(),
-    params:
-        fid=config.get("fid") or {},
-        device=config.get("device", "auto"),
-    script:
-        "../workflow/scripts/sample_quality.py"
 
 
 rule fingerprint_tables:

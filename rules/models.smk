@@ -70,7 +70,7 @@ rule model_duplicates:
         mirror=lambda wc: config["models"][wc.name].get("random_flip", False),
         device=config.get("device", "auto"),
     script:
-        "../workflow/scripts/near_duplicates.py"
+        "../workflow/scripts/model_duplicates.py"
 
 
 rule boundary_search_images:
@@ -104,5 +104,6 @@ rule boundary_search_images:
         mirror=lambda wc: config["models"][wc.name].get("random_flip", False),
         bf16=config["sample"].get("bf16", True),
         device=config.get("device", "auto"),
+        seed=seeded(config["boundary"].get("seed", 2)),
     script:
         "../workflow/scripts/boundary_search_images.py"

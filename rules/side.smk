@@ -17,6 +17,7 @@ rule surrogate_labels:
     params:
         clusters=config["side"]["clusters"],
         pca_dims=config["side"].get("pca_dims", 32),
+        seed=lambda wc: run_seed(wc, config),
     script:
         "../workflow/scripts/surrogate_labels.py"
 
@@ -38,6 +39,7 @@ rule train_surrogate_classifier:
     params:
         classifier=config["side"]["classifier"],
         device=config.get("device", "auto"),
+        seed=lambda wc: run_seed(wc, config),
     script:
         "../workflow/scripts/train_surrogate_classifier.py"
 
@@ -65,60 +67,10 @@ rule side_extract:
     params:
         per_cluster=config["side"]["per_cluster"],
         batch_size=config["side"].get("batch_size", 500),
-        seed=config["side"].get("seed", 3),
+        seed=seeded(config["side"].get("seed", 3)),
         sampler=lambda wc: sample_settings(wc)["sampler"],
         steps=lambda wc: sample_settings(wc)["steps"],
         bf16=config["sample"].get("bf16", True),
         device=config.get("device", "auto"),
     script:
         "../workflow/scripts/side_extract.py"
-
-
-rule extraction_metrics:
-    input:
-        train="results/{run}/data/train.npz",
-        heldout="results/{run}/data/heldout.npz",
-        unused="results/{run}/data/unused_train.npz",
-        duplicates=duplicates_of,
-        baseline="results/{run}/samples/samples.npz",
-        side=expand(
-            "results/{run}/side/extract_s{scale}.npz",
-            scale=SIDE_SCALES,
-            allow_missing=True,
-        ),
-    output:
-        csv=report(
-            "results/{run}/side/metrics.csv",
-            caption="../workflow/report/side_metrics.rst",
-            category="{run}",
-            labels={"table": "memorization scores vs their null"},
-        ),
-        summary="results/{run}/side/metrics.json",
-        pairs=report(
-            "results/{run}/side/pairs.png",
-            caption="../workflow/report/side_pairs.rst",
-            category="{run}",
-            labels={"figure": "SIDE extracted pairs"},
-        ),
-        hist=report(
-            "results/{run}/side/nn_similarity.png",
-            caption="../workflow/report/side_hist.rst",
-            category="{run}",
-            labels={"figure": "nearest-neighbour similarity"},
-        ),
-        scales=report(
-            "results/{run}/side/ams_ums_vs_scale.png",
-            caption="../workflow/report/side_scales.rst",
-            category="{run}",
-            labels={"figure": "AMS/UMS vs guidance scale"},
-        ),
-    log:
-        "logs/{run}/extraction_metrics.log",
-    conda:
-        CONDA_ENV
-    params:
-        scales=SIDE_SCALES,
-        scoring=scoring_settings,
-        device=config.get("device", "auto"),
-    script:
-        "../workflow/scripts/extraction_metrics.py"

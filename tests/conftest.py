@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,22 @@ def workflow_copy(tmp_path: Path) -> Path:
     return dst
 
 
+def local_env() -> dict:
+    """The environment of a local Snakemake run in the tests.
+
+    snakemake-executor-plugin-slurm runs ``scontrol show config`` when it is imported, by every
+    Snakemake call; once the SLURM test has installed the tools and stopped its daemons, that
+    call waits 10 s for a controller that is gone. Local runs never use SLURM, so a stand-in
+    ``scontrol`` that fails at once goes first on their PATH (the plugin then takes its
+    no-SLURM default, as on a machine without SLURM)."""
+    stub = Path(tempfile.gettempdir()) / "diffmem-test-no-scontrol"
+    if not (stub / "scontrol").exists():
+        stub.mkdir(exist_ok=True)
+        (stub / "scontrol").write_text("#!/bin/sh\nexit 1\n")
+        (stub / "scontrol").chmod(0o755)
+    return dict(os.environ, PATH=f"{stub}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
 def snakemake(workdir: Path, *args: str, config: Path | None = None, check: bool = True,
               timeout: int = 600) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--workflow-profile", "none",
@@ -59,7 +76,7 @@ def snakemake(workdir: Path, *args: str, config: Path | None = None, check: bool
     if config is not None:  # last: --configfile takes several values and would eat targets
         cmd += ["--configfile", str(config)]
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=local_env())
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc

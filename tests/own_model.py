@@ -32,7 +32,7 @@ def make_own_model(root: Path, data_root: Path, steps: int = 500, seed: int = 0)
     import torch.nn.functional as F
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
-    from diffmem.images import read_images
+    from diffmem.data.images import read_images
 
     with np.load(data_root / "breastmnist.npz") as f:
         train, heldout = f["train_images"][:N_TRAIN], f["val_images"][:N_HELDOUT]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffmem.audit import binom_cdf, binomial_p_values, boundary_search, wilson_interval
-from diffmem.classifier import (
+from diffmem.attacks.boundary import boundary_search
+from diffmem.attacks.fingerprint.classifiers import (
     binary_metrics,
     build_resnet,
     predict_logits,
@@ -17,7 +17,8 @@ from diffmem.classifier import (
     stamp_discs,
     train_classifier,
 )
-from diffmem.data import load_medmnist
+from diffmem.data.medmnist import load_medmnist
+from diffmem.metrics.stats import binom_cdf, binomial_p_values, wilson_interval
 
 
 def test_binomial_p_values_by_hand():
@@ -132,8 +133,7 @@ def test_saf_classifier_beats_chance_on_held_out_images(data_root):
 def test_disc_strength_at_the_known_place():
     """1 for x_SAF, 0 for the clean original, ≈ α for a disc blended in at strength α, for grey
     and colour images."""
-    from diffmem.audit import disc_strength
-    from diffmem.data import SAF
+    from diffmem.attacks.fingerprint.target import SAF, disc_strength
 
     rng = np.random.default_rng(0)
     for shape in ((28, 28), (28, 28, 3)):
@@ -151,7 +151,7 @@ def test_disc_strength_at_the_known_place():
 def test_detector_selection_prefers_recall_over_always_no():
     """On a 10 %-positive validation set, always "no" is 90 % accurate; a detector that finds
     most discs at some false alarms is less accurate but is the one early stopping must keep."""
-    from diffmem.classifier import binary_metrics, selection_key
+    from diffmem.attacks.fingerprint.classifiers import binary_metrics, selection_key
 
     y = torch.zeros(200)
     y[:20] = 1
@@ -167,7 +167,7 @@ def test_detector_selection_prefers_recall_over_always_no():
 
 
 def test_t50_is_robust_to_one_late_false_accept():
-    from diffmem.audit import t50, t50_interval
+    from diffmem.metrics.stats import t50, t50_interval
 
     ts = np.arange(0, 1000, 100)
     k = np.array([16, 16, 15, 12, 4, 0, 0, 0, 1, 0])  # one false accept at t = 800
@@ -182,7 +182,7 @@ def test_t50_is_robust_to_one_late_false_accept():
 
 
 def test_rank_p_value_and_walk_back_rule():
-    from diffmem.audit import rank_p_value, walks_back
+    from diffmem.metrics.stats import rank_p_value, walks_back
 
     assert rank_p_value(0.6, [0.1, 0.2, 0.3, 0.2, 0.1]) == pytest.approx(1 / 6)
     assert rank_p_value(0.2, [0.1, 0.2, 0.3]) == pytest.approx(3 / 4)
@@ -218,8 +218,7 @@ def test_bisection_checks_above_its_answer():
 def control_setup(data_root):
     """A BreastMNIST run (N = 64): x_SAF, 19 matched controls, the references of the
     classifier-free acceptance test, as boundary_stage builds them."""
-    from diffmem.data import SAF, unique_target
-    from diffmem.fingerprint import select_controls
+    from diffmem.attacks.fingerprint.target import SAF, select_controls, unique_target
 
     f = np.load(data_root / "breastmnist.npz")
     rng = np.random.default_rng(0)
@@ -242,9 +241,9 @@ def control_setup(data_root):
 
 
 def _search_all(setup, noise_fn, reverse_fn, *, m=8, t_step=100, T=1000):
-    from diffmem.audit import t50, t50_interval, walks_back
-    from diffmem.classifier import as_nchw_uint8, normalise
-    from diffmem.fingerprint import nearest_accept
+    from diffmem.attacks.boundary import nearest_accept
+    from diffmem.device import as_nchw_uint8, normalise
+    from diffmem.metrics.stats import t50, t50_interval, walks_back
 
     out = {}
     for name, image, members in setup["queries"]:
@@ -270,7 +269,7 @@ def test_controls_are_unique_and_matched(control_setup):
 def test_an_oracle_of_x_saf_walks_back_and_controls_do_not(control_setup):
     """A 'model' that returns x_SAF below t0 and noise above: ρ ≈ t0/T for the target, controls
     near 0 (the oracle returns x_SAF, not them), and the verdict says it walks back."""
-    from diffmem.classifier import as_nchw_uint8, normalise
+    from diffmem.device import as_nchw_uint8, normalise
 
     x_saf = normalise(as_nchw_uint8(control_setup["x_saf"][None], "cpu"))
     gen = torch.Generator().manual_seed(0)
@@ -296,7 +295,9 @@ def test_an_oracle_of_x_saf_walks_back_and_controls_do_not(control_setup):
 def test_an_untrained_model_does_not_walk_back(control_setup):
     """A randomly initialised U-Net through the real sampler: whatever comes back for the target
     comes back for unseen controls too; no "walks back" verdict."""
-    from diffmem.diffusion import NoiseProcess, build_unet, reverse
+    from diffmem.diffusion.process import NoiseProcess
+    from diffmem.diffusion.sampler import reverse
+    from diffmem.diffusion.unet import build_unet
 
     torch.manual_seed(0)
     process = NoiseProcess(num_train_timesteps=100)
@@ -317,7 +318,7 @@ def test_an_untrained_model_does_not_walk_back(control_setup):
 
 def test_the_count_interval_widens_as_recall_falls():
     """k ~ Bin(n, r·π + f·(1−π)): the less the detector finds, the less a low count says."""
-    from diffmem.audit import corrected_rate
+    from diffmem.metrics.stats import corrected_rate
 
     fpr = (0.0005, 0.0001, 0.002)
     widths, claims = [], []
@@ -332,8 +333,7 @@ def test_the_count_interval_widens_as_recall_falls():
 
 
 def test_pixel_reproduction_needs_the_disc_and_closeness():
-    from diffmem.audit import pixel_reproduction
-    from diffmem.data import SAF
+    from diffmem.attacks.fingerprint.target import SAF, pixel_reproduction
 
     rng = np.random.default_rng(0)
     original = rng.integers(60, 200, (28, 28)).astype(np.uint8)

@@ -7,7 +7,8 @@ import copy
 import pytest
 import yaml
 
-from diffmem.config import ConfigError, check_config, runs
+from diffmem.errors import ConfigError
+from diffmem.stages.config import check_config, runs
 
 from .conftest import ROOT
 

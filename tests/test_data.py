@@ -8,23 +8,19 @@ import json
 import numpy as np
 import pytest
 
-from diffmem.data import (
-    SAF,
-    DataError,
-    load_medmnist,
-    locate_medmnist,
-    prepare_data,
-    random_saf,
-)
+from diffmem.attacks.fingerprint.target import SAF, random_saf
+from diffmem.data.medmnist import load_medmnist, locate_medmnist
+from diffmem.errors import DataError
+from diffmem.stages.data import prepare_data_stage
 
 
 def run_prepare(root, out, n=64, seed=0, radius=3.5, grey=0.5, to_rgb=False, flag="breastmnist"):
     out.mkdir(parents=True, exist_ok=True)
-    return prepare_data(flag=flag, size=28, root=str(root), download=False, n_train=n, seed=seed,
-                        saf_radius=radius, saf_grey=grey, to_rgb=to_rgb,
-                        out_train=out / "train.npz", out_target=out / "target.npz",
-                        out_target_json=out / "target.json", out_heldout=out / "heldout.npz",
-                        out_figure=out / "target.png", out_unused=out / "unused_train.npz")
+    return prepare_data_stage(flag=flag, size=28, root=str(root), download=False, n_train=n,
+                              seed=seed, saf_radius=radius, saf_grey=grey, to_rgb=to_rgb,
+                              out_train=out / "train.npz", out_target=out / "target.npz",
+                              out_target_json=out / "target.json", out_heldout=out / "heldout.npz",
+                              out_figure=out / "target.png", out_unused=out / "unused_train.npz")
 
 
 def digest(folder):
@@ -162,11 +158,11 @@ def test_a_planted_twin_of_the_would_be_target_moves_the_target(fake_root, tmp_p
 
 def test_no_unique_candidate_is_one_clear_error(fake_root, tmp_path):
     with pytest.raises(DataError, match="saf.max_twin_similarity = -1"):
-        prepare_data(flag="breastmnist", size=28, root=str(fake_root), download=False, n_train=8,
-                     seed=0, saf_radius=3.5, saf_grey=0.5, to_rgb=False,
-                     out_train=tmp_path / "t.npz", out_target=tmp_path / "x.npz",
-                     out_target_json=tmp_path / "x.json", out_heldout=tmp_path / "h.npz",
-                     out_figure=tmp_path / "x.png", max_twin_similarity=-1.0)
+        prepare_data_stage(flag="breastmnist", size=28, root=str(fake_root), download=False,
+                           n_train=8, seed=0, saf_radius=3.5, saf_grey=0.5, to_rgb=False,
+                           out_train=tmp_path / "t.npz", out_target=tmp_path / "x.npz",
+                           out_target_json=tmp_path / "x.json", out_heldout=tmp_path / "h.npz",
+                           out_figure=tmp_path / "x.png", max_twin_similarity=-1.0)
 
 
 def test_the_seed_0_breastmnist_target_has_no_twin(data_root, tmp_path):

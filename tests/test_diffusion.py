@@ -6,18 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from diffmem.diffusion import (
-    EpsRunner,
-    NoiseProcess,
-    build_unet,
-    load_model,
-    reverse,
-    sample,
-    save_model,
-    start_sequences,
-    to_tensor,
-    to_uint8,
-)
+from diffmem.device import to_tensor, to_uint8
+from diffmem.diffusion.process import NoiseProcess
+from diffmem.diffusion.sampler import EpsRunner, reverse, sample, start_sequences
+from diffmem.diffusion.unet import build_unet, load_model, save_model
 
 TINY = {"block_out_channels": [16, 32], "layers_per_block": 1, "norm_num_groups": 8}
 
@@ -280,7 +272,7 @@ def test_each_beta_schedule_and_v_prediction_step_like_diffusers(schedule, betas
 def test_v_prediction_loss_target_is_epsilon():
     """predict_eps turns a v-prediction into ε̂ = σ x_t + m v: for the exact v of a known x_0 and
     ε it returns ε (what membership inference scores)."""
-    from diffmem.diffusion import predict_eps
+    from diffmem.diffusion.sampler import predict_eps
 
     process = NoiseProcess(num_train_timesteps=100, prediction_type="v_prediction",
                            beta_schedule="squaredcos_cap_v2")

@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from diffmem.diffusion import NoiseProcess, load_model, sample
-from diffmem.external import (
-    ModelFolderError,
-    diffusion_from_scheduler,
-    import_model,
-    inspect_model_folder,
-)
+from diffmem.diffusion.pretrained import diffusion_from_scheduler, inspect_model_folder
+from diffmem.diffusion.process import NoiseProcess
+from diffmem.diffusion.sampler import sample
+from diffmem.diffusion.unet import load_model
+from diffmem.errors import ModelFolderError
+from diffmem.stages.models import import_model_stage
 
 
 def tiny_unet():
@@ -38,7 +37,8 @@ def pipeline_dir(tmp_path):
 
 
 def test_a_ddpm_pipeline_folder_imports_and_samples(pipeline_dir, tmp_path):
-    meta = import_model(pipeline_dir, str(tmp_path / "m.safetensors"), str(tmp_path / "m.json"))
+    meta = import_model_stage(folder=pipeline_dir, out_weights=str(tmp_path / "m.safetensors"),
+                              out_config=str(tmp_path / "m.json"))
     assert meta["diffusion"]["prediction_type"] == "v_prediction"
     assert meta["diffusion"]["beta_schedule"] == "squaredcos_cap_v2"
     model, saved = load_model(tmp_path / "m.safetensors", tmp_path / "m.json")

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import yaml
 
-from diffmem.config import ConfigError, check_config, model_info, run_seed, runs
-from diffmem.data import DataError, dataset_arrays
-from diffmem.images import count_images, mirror, read_images
-from diffmem.imported import choose_images, most_copied
-from diffmem.scoring import nearest
+from diffmem.attacks.boundary import choose_images, most_copied
+from diffmem.data.images import count_images, dataset_arrays, read_images
+from diffmem.errors import ConfigError, DataError
+from diffmem.metrics.similarity import mirrored, nearest
+from diffmem.stages.config import check_config, model_info, run_seed, runs
 
 from .conftest import ROOT
 from .own_model import write_pngs
@@ -79,7 +79,7 @@ def test_a_dataset_entry_reads_in_the_medmnist_layout(pngs):
 def test_mirror_matches_only_when_asked():
     rng = np.random.default_rng(1)
     refs = rng.integers(0, 256, (5, 12, 12), dtype=np.uint8)
-    query = mirror(refs[2:3])
+    query = mirrored(refs[2:3])
     plain = nearest(query, refs, top_k=1)
     flipped = nearest(query, refs, top_k=1, mirror=True)
     assert flipped["index"][0, 0] == 2 and flipped["sim"][0, 0] > 0.999
@@ -184,15 +184,15 @@ def test_run_seeds():
 
 
 def test_random_flip_makes_mirrored_held_out_images_twins(tmp_path, caplog):
-    from diffmem.duplicates import duplicates_stage
+    from diffmem.stages.data import write_near_duplicates
 
     rng = np.random.default_rng(0)
     tr = rng.integers(0, 256, (6, 8, 8), dtype=np.uint8)
-    ho = np.concatenate([tr[:1], mirror(tr[1:2]), rng.integers(0, 256, (3, 8, 8), np.uint8)])
-    kw = dict(flag="x", arrays={"train_images": tr, "val_images": ho, "test_images": ho[:0]},
-              metric="rms", threshold=5.0, max_diameter=None, device="cpu",
-              out_npz=str(tmp_path / "d.npz"), out_json=str(tmp_path / "d.json"),
+    ho = np.concatenate([tr[:1], mirrored(tr[1:2]), rng.integers(0, 256, (3, 8, 8), np.uint8)])
+    kw = dict(name="x", train=tr, heldout=ho, cfg={"metric": "rms", "threshold": 5.0},
+              device="cpu", out_npz=str(tmp_path / "d.npz"), out_json=str(tmp_path / "d.json"),
               out_png=str(tmp_path / "d.png"))
-    assert duplicates_stage(**kw)["heldout_images_sharing_a_group_with_train"] == 1
-    assert duplicates_stage(**kw, mirror=True)["heldout_images_sharing_a_group_with_train"] == 2
+    assert write_near_duplicates(**kw)["heldout_images_sharing_a_group_with_train"] == 1
+    assert write_near_duplicates(**kw, mirror=True)["heldout_images_sharing_a_group_with_train"] \
+        == 2
     assert "2 of 5 held-out images are near-duplicates of training images" in caplog.text

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from diffmem.diffusion import NoiseProcess, to_tensor
-from diffmem.membership import attack, denoising_losses
+from diffmem.attacks.membership import attack, denoising_losses
+from diffmem.device import to_tensor
+from diffmem.diffusion.process import NoiseProcess
 
 
 def oracle_eps(process: NoiseProcess, images: np.ndarray):

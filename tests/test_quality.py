@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from diffmem.data import load_medmnist
+from diffmem.data.medmnist import load_medmnist
 from diffmem.io import save_npz, save_safetensors
-from diffmem.quality import (
+from diffmem.metrics.fid import (
     build_inception,
-    fid_stage,
     frechet_distance,
     gaussian_stats,
     inception_features,
     preprocess,
 )
+from diffmem.stages.quality import sample_quality_stage
 
 
 def test_frechet_distance_of_diagonal_gaussians_by_hand():
@@ -79,12 +79,12 @@ def test_fid_stage_uses_the_weights_file_and_says_when_it_skips(sets, tmp_path):
         save_npz(tmp_path / f"{name}.npz", images=arr)
     files = dict(samples_npz=str(tmp_path / "s.npz"), train_npz=str(tmp_path / "t.npz"),
                  heldout_npz=str(tmp_path / "h.npz"), device="cpu")
-    skipped = fid_stage(cfg={}, out_json=str(tmp_path / "skip.json"), **files)
+    skipped = sample_quality_stage(cfg={}, out_json=str(tmp_path / "skip.json"), **files)
     assert skipped["fid_train"] is None and "fid.inception_weights" in skipped["skipped"]
     save_safetensors(tmp_path / "inc.safetensors", random_inception(a).state_dict() | {
         "fc.weight": torch.zeros(1000, 2048), "fc.bias": torch.zeros(1000)})
-    got = fid_stage(cfg={"inception_weights": str(tmp_path / "inc.safetensors")},
-                    out_json=str(tmp_path / "fid.json"), **files)
+    got = sample_quality_stage(cfg={"inception_weights": str(tmp_path / "inc.safetensors")},
+                               out_json=str(tmp_path / "fid.json"), **files)
     assert got["skipped"] is None and got["fid_train"] > 0 and got["fid_test"] > 0
     assert "singular" in got["note"]
     assert json.loads((tmp_path / "fid.json").read_text())["fid_test"] == got["fid_test"]

@@ -6,9 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from diffmem import scoring as sc
-from diffmem.duplicates import group_images
-from diffmem.memorization import NULL, PLAIN, SIDE_BEST, cluster_halves, score_run
+from diffmem.data.duplicates import group_images
+from diffmem.metrics.memorization import band_scores, carlini_extracted
+from diffmem.metrics.null import null_pool
+from diffmem.metrics.scores import NULL, PLAIN, SIDE_BEST, cluster_halves, score_run
+from diffmem.metrics.similarity import nearest
+from diffmem.metrics.stats import NO_NULL, auc_test, decide, holm, rate_excess, tpr_at_fpr
 
 
 def test_similarities_are_one_for_identical_and_ordered_by_difference():
@@ -18,13 +21,13 @@ def test_similarities_are_one_for_identical_and_ordered_by_difference():
     far = rng.integers(0, 256, (1, 28, 28), dtype=np.uint8)
     refs = np.concatenate([a, near, far])
     for kind in ("cosine", "l2"):
-        nn_ = sc.nearest(a, refs, kind=kind, top_k=3)
+        nn_ = nearest(a, refs, kind=kind, top_k=3)
         assert nn_["index"][0].tolist() == [0, 1, 2]
         assert nn_["sim"][0, 0] == pytest.approx(1.0, abs=1e-5)
         assert 1 > nn_["sim"][0, 1] > nn_["sim"][0, 2]
     # normalised l2: 1 - RMS in [0, 1] pixel units
     rms = np.sqrt(((a.astype(float) - far) ** 2).mean()) / 255
-    assert sc.nearest(a, far, kind="l2", top_k=1)["sim"][0, 0] == pytest.approx(1 - rms, abs=1e-4)
+    assert nearest(a, far, kind="l2", top_k=1)["sim"][0, 0] == pytest.approx(1 - rms, abs=1e-4)
 
 
 def _nn(sim_rows, idx_rows):
@@ -36,7 +39,7 @@ def test_band_ams_ums_equal_hand_computed_values():
     nn_ = _nn([[0.99, 0.97, 0.6], [0.96, 0.85, 0.82], [0.9, 0.7, 0.2], [0.4, 0.3, 0.1]],
               [[0, 1, 2], [3, 0, 4], [2, 4, 1], [1, 2, 3]])
     groups = np.arange(5)
-    s = sc.band_scores(nn_, groups, [0.5, 0.8, 0.95])
+    s = band_scores(nn_, groups, [0.5, 0.8, 0.95])
     # AMS: nearest in band — high: images 0, 1; mid: image 2; low: none
     assert (s["ams_high"], s["ams_mid"], s["ams_low"]) == (0.5, 0.25, 0.0)
     # UMS: every training image in the band for some generated image (SIDE's union)
@@ -44,7 +47,7 @@ def test_band_ams_ums_equal_hand_computed_values():
     assert (s["ums_high"], s["ums_mid"], s["ums_low"]) == (0.75, 0.75, 0.5)
     # planted twins: training images 0 and 1 are one patient → one group
     twins = np.array([0, 0, 2, 3, 4])
-    assert sc.band_scores(nn_, twins, [0.5, 0.8, 0.95])["ums_high"] == 0.5
+    assert band_scores(nn_, twins, [0.5, 0.8, 0.95])["ums_high"] == 0.5
 
 
 def test_carlini_criterion_flags_copies_not_unrelated_images():
@@ -52,10 +55,10 @@ def test_carlini_criterion_flags_copies_not_unrelated_images():
     train = rng.integers(0, 256, (60, 28, 28), dtype=np.uint8)
     near = np.clip(train[1].astype(int) + rng.integers(-3, 4, (28, 28)), 0, 255)
     gen = np.stack([train[0], near.astype(np.uint8), rng.integers(0, 256, (28, 28), np.uint8)])
-    nn_ = sc.nearest(gen, train, kind="l2", top_k=50)
+    nn_ = nearest(gen, train, kind="l2", top_k=50)
     l2 = (1 - nn_["sim"]) * 28
     assert (np.diff(l2, axis=1) >= -1e-6).all()
-    assert sc.carlini_extracted(l2, alpha=0.5, delta=1 / 3).tolist() == [True, True, False]
+    assert carlini_extracted(l2, alpha=0.5, delta=1 / 3).tolist() == [True, True, False]
 
 
 def test_planted_twins_form_one_group_and_chains_are_bounded():
@@ -78,24 +81,24 @@ def test_planted_twins_form_one_group_and_chains_are_bounded():
 
 
 def test_holm_rate_excess_and_auc():
-    assert sc.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
-    t = sc.rate_excess(50, 100, 5, 100)
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    t = rate_excess(50, 100, 5, 100)
     assert t["effect"] == pytest.approx(0.45) and t["ci_low"] > 0.3 and t["p_value"] < 1e-10
-    same = sc.rate_excess(5, 100, 5, 100)
+    same = rate_excess(5, 100, 5, 100)
     assert same["p_value"] > 0.4 and same["ci_low"] < 0 < same["ci_high"]
     rng = np.random.default_rng(0)
-    a = sc.auc_test(rng.normal(1, 1, 300), rng.normal(0, 1, 300), boot=200)
+    a = auc_test(rng.normal(1, 1, 300), rng.normal(0, 1, 300), boot=200)
     assert 0.7 < a["effect"] < 0.82 and a["ci_low"] > 0.6 and a["p_value"] < 1e-6
-    r = sc.tpr_at_fpr(np.arange(100.0), np.arange(200.0) - 150, 0.01)
+    r = tpr_at_fpr(np.arange(100.0), np.arange(200.0) - 150, 0.01)
     assert r["fpr_achieved"] <= 0.01 and r["tpr"] == pytest.approx(0.52)
 
 
 def test_decide():
     kw = dict(alpha=0.05, margin=0.05)
-    assert sc.decide({"p_value": 0.001, "ci_low": 0.1, "ci_high": 0.3}, **kw) == "yes"
-    assert sc.decide({"p_value": 0.5, "ci_low": -0.02, "ci_high": 0.03}, **kw) == "no"
-    assert sc.decide({"p_value": 0.5, "ci_low": -0.1, "ci_high": 0.2}, **kw) == "inconclusive"
-    assert sc.decide({"p_value": 0.5, "ci_low": 0.4, "ci_high": 0.54}, null_effect=0.5,
+    assert decide({"p_value": 0.001, "ci_low": 0.1, "ci_high": 0.3}, **kw) == "yes"
+    assert decide({"p_value": 0.5, "ci_low": -0.02, "ci_high": 0.03}, **kw) == "no"
+    assert decide({"p_value": 0.5, "ci_low": -0.1, "ci_high": 0.2}, **kw) == "inconclusive"
+    assert decide({"p_value": 0.5, "ci_low": 0.4, "ci_high": 0.54}, null_effect=0.5,
                      **kw) == "no"
 
 
@@ -121,9 +124,9 @@ def breast(data_root):
     unused = np.array([u for u in np.setdiff1d(np.arange(len(tr)), idx) if tg[u] not in seen])
     order = rng.permutation(unused)
     gen_unseen, pool_unused = order[:96], order[96:]
-    pool = sc.null_pool(heldout=ho, heldout_groups=hg, unused=tr[pool_unused],
-                        unused_groups=tg[pool_unused], train_groups=tg[idx], max_images=10000,
-                        seed=1)
+    pool = null_pool(heldout=ho, heldout_groups=hg, unused=tr[pool_unused],
+                     unused_groups=tg[pool_unused], train_groups=tg[idx], max_images=10000,
+                     seed=1)
     return {"train": tr[idx], "groups": tg[idx], "pool": pool, "heldout": ho,
             "unseen": tr[gen_unseen], "rng": rng}
 
@@ -155,7 +158,7 @@ def test_a_generator_that_copies_training_images_gets_yes(breast):
     copies = np.clip(picks + rng.normal(0, 3, picks.shape), 0, 255).astype(np.uint8)
     res = _run(breast, copies)
     t = res["tests"]["plain_copies"]
-    assert sc.decide(t, alpha=0.05, margin=0.05) == "yes"
+    assert decide(t, alpha=0.05, margin=0.05) == "yes"
     assert t["value"] > 0.9 and t["null_value"] < 0.1
     table = res["table"]
     null = table[(table.method == NULL) & (table.similarity == "cosine")].iloc[0]
@@ -166,8 +169,8 @@ def test_a_generator_that_copies_training_images_gets_yes(breast):
 
 def test_a_generator_of_unseen_images_never_gets_yes(breast):
     res = _run(breast, breast["unseen"])
-    assert sc.decide(res["tests"]["plain_copies"], alpha=0.05, margin=0.05) != "yes"
-    assert sc.decide(res["tests"]["side_extracts_more"], alpha=0.05, margin=0.05) != "yes"
+    assert decide(res["tests"]["plain_copies"], alpha=0.05, margin=0.05) != "yes"
+    assert decide(res["tests"]["side_extracts_more"], alpha=0.05, margin=0.05) != "yes"
     assert (res["table"].method == SIDE_BEST).any()
 
 
@@ -176,9 +179,9 @@ def test_without_unseen_images_scores_are_reported_and_nothing_is_decided(breast
     bands come from the training images themselves, and no question that needs unseen images
     is answered, whether the generator copies or not."""
     b = breast
-    empty = sc.null_pool(heldout=b["heldout"][:0], heldout_groups=np.zeros(0, int),
-                         unused=b["heldout"][:0], unused_groups=np.zeros(0, int),
-                         train_groups=b["groups"], max_images=10000, seed=1)
+    empty = null_pool(heldout=b["heldout"][:0], heldout_groups=np.zeros(0, int),
+                      unused=b["heldout"][:0], unused_groups=np.zeros(0, int),
+                      train_groups=b["groups"], max_images=10000, seed=1)
     rng = np.random.default_rng(5)
     picks = b["train"][rng.integers(0, len(b["train"]), 96)].astype(float)
     copies = np.clip(picks + rng.normal(0, 3, picks.shape), 0, 255).astype(np.uint8)
@@ -187,10 +190,10 @@ def test_without_unseen_images_scores_are_reported_and_nothing_is_decided(breast
         res = score_run(train=b["train"], groups=b["groups"], plain=gen, side_sets={},
                         pool=empty, heldout=None, cfg=CFG)
         t = res["tests"]["plain_copies"]
-        answers[name] = (sc.decide(t, alpha=0.05, margin=0.05), t["value"])
+        answers[name] = (decide(t, alpha=0.05, margin=0.05), t["value"])
         assert t["null_value"] is None and t["p_value"] is None and res["secondary"] == []
         assert "reference, not a null" in res["bands"]["cosine"]["kind"]
         assert NULL not in set(res["table"].method)
-    assert answers["copies"][0] == answers["unseen"][0] == sc.NO_NULL
+    assert answers["copies"][0] == answers["unseen"][0] == NO_NULL
     # the score itself is still measured: copies land in the high band, unseen images rarely
     assert answers["copies"][1] > 0.9 > 0.2 > answers["unseen"][1]

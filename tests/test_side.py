@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from diffmem.diffusion import NoiseProcess, sample
-from diffmem.side import TimeClassifier, guidance_fn, surrogate_labels, train_time_classifier
+from diffmem.attacks.side import (
+    TimeClassifier,
+    guidance_fn,
+    surrogate_labels,
+    train_time_classifier,
+)
+from diffmem.diffusion.process import NoiseProcess
+from diffmem.diffusion.sampler import sample
 
 
 def blobs(seed=0, per=30):

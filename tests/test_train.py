@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from diffmem.data import load_medmnist
+from diffmem.data.medmnist import load_medmnist
 from diffmem.io import load_safetensors
-from diffmem.train import train_dpm
+from diffmem.stages.dpm import train_dpm_stage
 
 TINY = {"block_out_channels": [16, 32], "layers_per_block": 1, "attention_levels": [],
         "norm_num_groups": 8}
@@ -37,11 +37,11 @@ def train_npz(tmp_path_factory, data_root):
 
 def run(tmp, train_npz, tc, ckdir=None):
     tmp.mkdir(parents=True, exist_ok=True)
-    return train_dpm(train_npz=str(train_npz), model_cfg=TINY, diffusion_cfg=DIFF, train_cfg=tc,
-                     seed=0, device="cpu", out_weights=str(tmp / "m.safetensors"),
-                     out_config=str(tmp / "m.json"), out_loss_csv=str(tmp / "loss.csv"),
-                     out_loss_png=str(tmp / "loss.png"),
-                     checkpoint_dir=str(ckdir or tmp / "ck"), progress=False)
+    return train_dpm_stage(train_npz=str(train_npz), model_cfg=TINY, diffusion_cfg=DIFF,
+                           train_cfg=tc, seed=0, device="cpu",
+                           out_weights=str(tmp / "m.safetensors"), out_config=str(tmp / "m.json"),
+                           out_loss_csv=str(tmp / "loss.csv"), out_loss_png=str(tmp / "loss.png"),
+                           checkpoint_dir=str(ckdir or tmp / "ck"), progress=False)
 
 
 def test_training_lowers_the_loss(tmp_path, train_npz):
@@ -58,15 +58,18 @@ def test_training_lowers_the_loss(tmp_path, train_npz):
 def test_subvp_training_lowers_the_loss_and_the_model_samples(tmp_path, train_npz):
     """The sub-VP SDE trains (continuous time), is recorded with the weights, and its samplers
     run from the saved files alone."""
-    from diffmem.diffusion import NoiseProcess, load_model, sample
+    from diffmem.diffusion.process import NoiseProcess
+    from diffmem.diffusion.sampler import sample
+    from diffmem.diffusion.unet import load_model
 
     diff = {"process": "subvp", "num_train_timesteps": 1000, "beta_min": 0.1, "beta_max": 20.0}
     tmp_path.mkdir(exist_ok=True)
-    train_dpm(train_npz=str(train_npz), model_cfg=TINY, diffusion_cfg=diff, train_cfg=cfg(steps=60),
-              seed=0, device="cpu", out_weights=str(tmp_path / "m.safetensors"),
-              out_config=str(tmp_path / "m.json"), out_loss_csv=str(tmp_path / "loss.csv"),
-              out_loss_png=str(tmp_path / "loss.png"), checkpoint_dir=str(tmp_path / "ck"),
-              progress=False)
+    train_dpm_stage(train_npz=str(train_npz), model_cfg=TINY, diffusion_cfg=diff,
+                    train_cfg=cfg(steps=60), seed=0, device="cpu",
+                    out_weights=str(tmp_path / "m.safetensors"),
+                    out_config=str(tmp_path / "m.json"), out_loss_csv=str(tmp_path / "loss.csv"),
+                    out_loss_png=str(tmp_path / "loss.png"), checkpoint_dir=str(tmp_path / "ck"),
+                    progress=False)
     losses = pd.read_csv(tmp_path / "loss.csv")["loss"]
     assert losses.iloc[-3:].mean() < 0.6 * losses.iloc[0]
     model, meta = load_model(tmp_path / "m.safetensors", tmp_path / "m.json")
@@ -84,7 +87,7 @@ class Crash(Exception):
 
 def crash_after(monkeypatch, n_checkpoints):
     """Make the run die right after its n-th checkpoint, as a killed job would."""
-    import diffmem.train as T
+    import diffmem.diffusion.train as T
 
     real, calls = T.save_checkpoint, {"n": 0}
 
@@ -149,8 +152,8 @@ def trained_pair(tmp_path_factory, train_npz):
     """The trainer and the plain diffusers loop (bench.py) on the same data, model, seed and lr."""
     import torch
 
-    from diffmem.bench import plain_diffusers_loop
     from diffmem.io import load_npz
+    from diffmem.stages.bench import plain_diffusers_loop
 
     tmp = tmp_path_factory.mktemp("pair")
     images = load_npz(train_npz)["images"]
@@ -158,7 +161,7 @@ def trained_pair(tmp_path_factory, train_npz):
     for seed in (0, 1):
         _, plain = plain_diffusers_loop(images, TINY, DIFF, 16, 80, torch.device("cpu"),
                                         warmup=0, lr=2e-3, seed=seed)
-        train_dpm(train_npz=str(train_npz), model_cfg=TINY, diffusion_cfg=DIFF,
+        train_dpm_stage(train_npz=str(train_npz), model_cfg=TINY, diffusion_cfg=DIFF,
                   train_cfg=cfg(steps=80, warmup_steps=1), seed=seed, device="cpu",
                   out_weights=str(tmp / "m.safetensors"), out_config=str(tmp / "m.json"),
                   out_loss_csv=str(tmp / "loss.csv"), out_loss_png=str(tmp / "l.png"),
@@ -187,7 +190,9 @@ def test_samples_match_diffusers_pipelines(trained_pair, sampler, steps):
     import torch
     from diffusers import DDIMPipeline, DDPMPipeline
 
-    from diffmem.diffusion import NoiseProcess, load_model, sample
+    from diffmem.diffusion.process import NoiseProcess
+    from diffmem.diffusion.sampler import sample
+    from diffmem.diffusion.unet import load_model
 
     _, tmp = trained_pair
     model, meta = load_model(tmp / "m.safetensors", tmp / "m.json")

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .conftest import TEST_CONFIG, snakemake, workflow_copy
+from .conftest import TEST_CONFIG, local_env, snakemake, workflow_copy
 
 RUN = "results/breastmnist/n64/seed0"
 RUN_OUTPUTS = [
@@ -372,7 +372,7 @@ def test_training_killed_mid_run_resumes_on_the_next_run(tmp_path, data_root):
     cmd = [sys.executable, "-m", "snakemake", target, "--cores", "2", "--workflow-profile",
            "none", "--configfile", "k.yaml"]
     proc = subprocess.Popen(cmd, cwd=wf, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+                            env=local_env(), start_new_session=True)
     ckpts = wf / RUN / "checkpoints"
     deadline = time.time() + 120
     while time.time() < deadline and len(list(ckpts.glob("step_*"))) < 2:

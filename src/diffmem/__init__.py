@@ -1,5 +1,9 @@
 """diffmem: audit diffusion models for memorization of their training data.
 
+The package is layered (README, "Where the code is"; ``import-linter`` holds it): ``stages``
+(one module per ``rules/*.smk``) over ``attacks`` over ``diffusion`` over ``data`` over
+``metrics`` over the base modules ``plotting``, ``io``, ``device`` and ``errors``.
+
 Names follow the two papers the workflow implements (see ``METHOD.md`` in the design notes):
 
 * ``saf``   synthetic anatomic fingerprint: a constant grey disc stamped on one training image

@@ -1,10 +1,10 @@
-from diffmem.fingerprint import boundary_stage
-from diffmem.runner import logged
+from diffmem.stages.fingerprint import boundary_search_stage
+from diffmem.stages.runner import logged
 
 sm = snakemake  # noqa: F821
 with logged(sm.log[0]):
     print(
-        boundary_stage(
+        boundary_search_stage(
             weights=sm.input.weights,
             model_config=sm.input.config,
             target_npz=sm.input.target,
@@ -17,7 +17,7 @@ with logged(sm.log[0]):
             classifiers_json=sm.input.metrics,
             threshold=sm.params.threshold,
             cfg=sm.params.boundary,
-            seed=int(sm.wildcards.seed) * 1000 + sm.params.boundary.get("seed", 2),
+            seed=sm.params.seed,
             device=sm.params.device,
             bf16=sm.params.bf16,
             graphs=sm.config.get("cuda_graphs", True),

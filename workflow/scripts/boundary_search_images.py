@@ -1,11 +1,10 @@
-from diffmem.config import run_seed
-from diffmem.imported import image_boundary_stage
-from diffmem.runner import logged
+from diffmem.stages.models import boundary_search_images_stage
+from diffmem.stages.runner import logged
 
 sm = snakemake  # noqa: F821
 with logged(sm.log[0]):
     print(
-        image_boundary_stage(
+        boundary_search_images_stage(
             weights=sm.input.weights,
             model_config=sm.input.config,
             train_npz=sm.input.train,
@@ -16,7 +15,7 @@ with logged(sm.log[0]):
             chosen=list(sm.params.chosen),
             count=int(sm.params.how_many),
             mirror=bool(sm.params.mirror),
-            seed=run_seed(sm.wildcards, sm.config) * 1000 + sm.params.boundary.get("seed", 2),
+            seed=sm.params.seed,
             device=sm.params.device,
             bf16=sm.params.bf16,
             graphs=sm.config.get("cuda_graphs", True),

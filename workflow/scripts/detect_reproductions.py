@@ -1,10 +1,10 @@
-from diffmem.fingerprint import detect_stage
-from diffmem.runner import logged
+from diffmem.stages.fingerprint import detect_reproductions_stage
+from diffmem.stages.runner import logged
 
 sm = snakemake  # noqa: F821
 with logged(sm.log[0]):
     print(
-        detect_stage(
+        detect_reproductions_stage(
             samples_npz=sm.input.samples,
             target_npz=sm.input.target,
             target_json=sm.input.target_json,

@@ -1,10 +1,10 @@
-from diffmem.fingerprint import detector_stage
-from diffmem.runner import logged
+from diffmem.stages.fingerprint import detector_check_stage
+from diffmem.stages.runner import logged
 
 sm = snakemake  # noqa: F821
 with logged(sm.log[0]):
     print(
-        detector_stage(
+        detector_check_stage(
             weights=sm.input.weights,
             model_config=sm.input.config,
             target_npz=sm.input.target,
@@ -17,7 +17,7 @@ with logged(sm.log[0]):
             threshold=sm.params.threshold,
             boundary=sm.params.boundary,
             cfg=sm.params.detectors,
-            seed=int(sm.wildcards.seed) * 1000 + sm.params.detectors.get("seed", 6),
+            seed=sm.params.seed,
             device=sm.params.device,
             bf16=sm.params.bf16,
             out_json=sm.output.summary,

@@ -1,9 +1,9 @@
-from diffmem.memorization import scores_stage
-from diffmem.runner import logged
+from diffmem.stages.runner import logged
+from diffmem.stages.scores import extraction_metrics_stage
 
 sm = snakemake  # noqa: F821
 with logged(sm.log[0]):
-    summary = scores_stage(
+    summary = extraction_metrics_stage(
         train_npz=sm.input.train,
         plain_npz=sm.input.baseline,
         side_npzs=list(sm.input.side),

@@ -1,9 +1,9 @@
-from diffmem.fingerprint import aggregate_stage
-from diffmem.runner import logged
+from diffmem.stages.fingerprint import fingerprint_tables_stage
+from diffmem.stages.runner import logged
 
 sm = snakemake  # noqa: F821
 with logged(sm.log[0]):
-    aggregate_stage(
+    fingerprint_tables_stage(
         runs=sm.params.runs,
         classifiers=sm.input.classifiers,
         detections=sm.input.detections,

@@ -1,5 +1,5 @@
-from diffmem.membership import membership_stage
-from diffmem.runner import logged
+from diffmem.stages.membership import membership_stage
+from diffmem.stages.runner import logged
 
 sm = snakemake  # noqa: F821
 with logged(sm.log[0]):

@@ -1,9 +1,9 @@
-from diffmem.report import write_report
-from diffmem.runner import logged
+from diffmem.stages.report import report_stage
+from diffmem.stages.runner import logged
 
 sm = snakemake  # noqa: F821
 with logged(sm.log[0]):
-    write_report(
+    report_stage(
         out_markdown=sm.output.markdown,
         runs=sm.params.runs,
         run_dirs=sm.params.run_dirs,

@@ -1,6 +1,5 @@
-from diffmem.config import run_seed
-from diffmem.runner import logged
-from diffmem.sampling import sample_stage
+from diffmem.stages.dpm import sample_stage
+from diffmem.stages.runner import logged
 
 sm = snakemake  # noqa: F821
 cfg = sm.params.sample
@@ -12,7 +11,7 @@ with logged(sm.log[0]):
         batch_size=cfg.get("batch_size", 1000),
         sampler=cfg["sampler"],
         steps=cfg["steps"],
-        seed=run_seed(sm.wildcards, sm.config) * 1000 + cfg.get("seed", 1),
+        seed=sm.params.seed,
         device=sm.params.device,
         bf16=cfg.get("bf16", True),
         graphs=sm.config.get("cuda_graphs", True),

@@ -1,11 +1,11 @@
-from diffmem.quality import fid_stage
-from diffmem.runner import logged
+from diffmem.stages.quality import sample_quality_stage
+from diffmem.stages.runner import logged
 
 sm = snakemake  # noqa: F821
 inception = sm.input.inception  # one path, or an empty list when FID has no weights
 with logged(sm.log[0]):
     print(
-        fid_stage(
+        sample_quality_stage(
             samples_npz=sm.input.samples,
             train_npz=sm.input.train,
             heldout_npz=sm.input.heldout,

@@ -1,11 +1,10 @@
-from diffmem.config import run_seed
-from diffmem.runner import logged
-from diffmem.side import extract_stage
+from diffmem.stages.runner import logged
+from diffmem.stages.side import side_extract_stage
 
 sm = snakemake  # noqa: F821
 with logged(sm.log[0]):
     print(
-        extract_stage(
+        side_extract_stage(
             weights=sm.input.weights,
             model_config=sm.input.config,
             clf_weights=sm.input.clf,
@@ -15,7 +14,7 @@ with logged(sm.log[0]):
             sampler=sm.params.sampler,
             steps=sm.params.steps,
             batch_size=sm.params.batch_size,
-            seed=run_seed(sm.wildcards, sm.config) * 1000 + sm.params.seed,
+            seed=sm.params.seed,
             device=sm.params.device,
             bf16=sm.params.bf16,
             graphs=sm.config.get("cuda_graphs", True),

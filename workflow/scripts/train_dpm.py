@@ -1,9 +1,9 @@
-from diffmem.runner import logged
-from diffmem.train import train_dpm
+from diffmem.stages.dpm import train_dpm_stage
+from diffmem.stages.runner import logged
 
 sm = snakemake  # noqa: F821
 with logged(sm.log[0]):
-    summary = train_dpm(
+    summary = train_dpm_stage(
         train_npz=sm.input.train,
         model_cfg=sm.params.model,
         diffusion_cfg=sm.params.diffusion,

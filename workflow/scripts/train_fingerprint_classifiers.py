@@ -1,9 +1,9 @@
-from diffmem.classifier import train_fingerprint_classifiers
-from diffmem.runner import logged
+from diffmem.stages.fingerprint import train_fingerprint_classifiers_stage
+from diffmem.stages.runner import logged
 
 sm = snakemake  # noqa: F821
 with logged(sm.log[0]):
-    train_fingerprint_classifiers(
+    train_fingerprint_classifiers_stage(
         train_npz=sm.input.train,
         target_npz=sm.input.target,
         target_json=sm.input.target_json,

@@ -1,5 +1,5 @@
-from diffmem.report import verdict_stage
-from diffmem.runner import logged
+from diffmem.stages.runner import logged
+from diffmem.stages.verdict import verdict_stage
 
 sm = snakemake  # noqa: F821
 with logged(sm.log[0]):

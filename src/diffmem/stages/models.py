@@ -1,5 +1,6 @@
-"""Stages of an imported model (``models:`` in the config): its images, their near-duplicates,
-and the boundary search on chosen training images without a fingerprint.
+"""Stages of rules/models.smk, an imported model (``models:`` in the config): its weights, its
+images, their near-duplicates, and the boundary search on chosen training images without a
+fingerprint.
 
 The imported model's run folder (``results/models/{name}/``) holds the same files as a trained
 run (``data/train.npz``, ``data/heldout.npz``, ``data/unused_train.npz`` — empty here —,
@@ -13,9 +14,32 @@ import logging
 
 import numpy as np
 
-from .io import load_npz, save_json, save_npz
+from ..attacks.boundary import (
+    boundary_sampler,
+    choose_images,
+    most_copied,
+    search_queries,
+    walk_back_summary,
+)
+from ..data.images import read_images
+from ..device import resolve_device
+from ..diffusion.pretrained import load_pretrained
+from ..diffusion.process import NoiseProcess
+from ..diffusion.unet import load_model, save_model
+from ..io import load_npz, save_csv, save_json, save_npz
+from ..metrics.similarity import mirrored
+from .data import write_near_duplicates
+from .fingerprint import boundary_figure
 
 log = logging.getLogger(__name__)
+
+
+def import_model_stage(*, folder: str, out_weights: str, out_config: str) -> dict:
+    """Convert a model folder into the workflow's own files (safetensors + JSON config), so every
+    later rule runs on it unchanged."""
+    model, extra = load_pretrained(folder)
+    save_model(model, out_weights, out_config, extra=extra)
+    return extra
 
 
 def import_images_stage(*, train: str, heldout: str | None, size: int, channels: int,
@@ -23,8 +47,6 @@ def import_images_stage(*, train: str, heldout: str | None, size: int, channels:
                         out_json: str) -> dict:
     """Read and preprocess the model's training and held-out images into the run's files.
     Without held-out images ``heldout.npz`` holds none: every score then has no null."""
-    from .images import read_images
-
     tr, tr_names = read_images(train, size=size, channels=channels, resize=resize)
     if heldout:
         ho, ho_names = read_images(heldout, size=size, channels=channels, resize=resize)
@@ -45,42 +67,22 @@ def import_images_stage(*, train: str, heldout: str | None, size: int, channels:
     return summary
 
 
-def duplicates_arrays(train_npz: str, heldout_npz: str) -> dict:
-    """An imported model's images in the layout :func:`diffmem.duplicates.duplicates_stage`
-    takes: training images, then held-out images as ``val`` (``test`` empty)."""
-    tr, ho = load_npz(train_npz)["images"], load_npz(heldout_npz)["images"]
-    return {"train_images": tr, "val_images": ho, "test_images": ho[:0]}
+def model_duplicates_stage(*, name: str, train_npz: str, heldout_npz: str, cfg: dict,
+                           mirror: bool, device: str, out_npz: str, out_json: str,
+                           out_png: str) -> dict:
+    """Near-duplicate groups over the model's training and held-out images (``mirror``: it was
+    trained with random flips, so mirror twins join groups too)."""
+    return write_near_duplicates(name=f"models/{name}", train=load_npz(train_npz)["images"],
+                                 heldout=load_npz(heldout_npz)["images"], cfg=cfg,
+                                 device=device, out_npz=out_npz, out_json=out_json,
+                                 out_png=out_png, mirror=mirror)
 
 
-def most_copied(samples: np.ndarray, refs: np.ndarray, *, mirror: bool = False, device="cpu"
-                ) -> dict:
-    """How many samples have each reference image as their nearest (Pearson), and the highest
-    similarity of a sample to it; ``order``: most copied first, ties by that similarity."""
-    from .scoring import nearest
-
-    nn_ = nearest(samples, refs, kind="cosine", top_k=1, device=device, mirror=mirror)
-    idx, sim = nn_["index"][:, 0], nn_["sim"][:, 0]
-    counts = np.bincount(idx, minlength=len(refs))
-    best = np.full(len(refs), -np.inf)
-    np.maximum.at(best, idx, sim)
-    return {"counts": counts, "best": best, "order": np.lexsort((-best, -counts))}
-
-
-def choose_images(chosen: list, names: list[str], samples: np.ndarray, train: np.ndarray,
-                  count: int, *, mirror: bool, device="cpu") -> tuple[list[int], str]:
-    """The training images to run the boundary search from: the configured ones (file names
-    or indices), or else the ``count`` images plain sampling copied most."""
-    if chosen:
-        where = {n: i for i, n in enumerate(names)}
-        return [int(c) if isinstance(c, int) else where[c] for c in chosen], "configured"
-    mc = most_copied(samples, train, mirror=mirror, device=device)
-    return [int(i) for i in mc["order"][:count]], "most copied by plain sampling"
-
-
-def image_boundary_stage(*, weights: str, model_config: str, train_npz: str, heldout_npz: str,
-                         samples_npz: str, duplicates_npz: str, cfg: dict, chosen: list,
-                         count: int, mirror: bool, seed: int, device: str, bf16: bool,
-                         out_csv: str, out_json: str, out_png: str, graphs: bool = True) -> dict:
+def boundary_search_images_stage(*, weights: str, model_config: str, train_npz: str,
+                                 heldout_npz: str, samples_npz: str, duplicates_npz: str, cfg: dict,
+                                 chosen: list, count: int, mirror: bool, seed: int, device: str,
+                                 bf16: bool, out_csv: str, out_json: str, out_png: str,
+                                 graphs: bool = True) -> dict:
     """Does the model walk back to a training image from more noise than to unseen images?
 
     Without a fingerprint, a reverse run "returns" when the classifier-free test of the
@@ -88,18 +90,6 @@ def image_boundary_stage(*, weights: str, model_config: str, train_npz: str, hel
     closer than the query is to any other image); the fingerprinting paper notes ρ needs only
     the identity test. Controls: held-out images sharing no group with a training image, chosen
     by the same rule (most often nearest to a plain sample among held-out images)."""
-    import pandas as pd
-
-    from .diffusion import NoiseProcess, load_model, resolve_device
-    from .fingerprint import (
-        _boundary_figure,
-        _csv,
-        boundary_sampler,
-        search_queries,
-        walk_back_summary,
-    )
-    from .images import mirror as flip
-
     dev = resolve_device(device)
     model, meta = load_model(weights, model_config, dev)
     process = NoiseProcess.from_config(meta["diffusion"])
@@ -125,7 +115,7 @@ def image_boundary_stage(*, weights: str, model_config: str, train_npz: str, hel
     refs = np.concatenate([train, heldout])
     n = len(refs)
     if mirror:  # a mirrored copy of an image is that image to a model trained with flips
-        refs = np.concatenate([refs, flip(refs)])
+        refs = np.concatenate([refs, mirrored(refs)])
 
     def members(i: int) -> list[int]:
         same = np.flatnonzero(groups == groups[i]).tolist()
@@ -144,7 +134,7 @@ def image_boundary_stage(*, weights: str, model_config: str, train_npz: str, hel
                           **walk_back_summary(r, controls, process.T)})
     first = per_image[0]
     df["query"] = df["query"].replace({f"image {picks[0]}": "target"})
-    _csv(pd.DataFrame(df), out_csv)
+    save_csv(out_csv, df)
     summary = {
         **{k: v for k, v in first.items() if k not in ("train_index", "name")},
         "query_kind": "training image",
@@ -163,5 +153,5 @@ def image_boundary_stage(*, weights: str, model_config: str, train_npz: str, hel
         "steps": steps, "mirror": mirror,
     }
     save_json(out_json, summary)
-    _boundary_figure(df, summary, out_png)
+    boundary_figure(df, summary, out_png)
     return summary

@@ -7,7 +7,7 @@ without one the stage writes a result that says FID was skipped and why, and the
 no number.
 
 The network is torchvision's ``inception_v3`` and the file is its state dict as safetensors
-(``python -m diffmem.quality export-inception FILE`` writes it from torchvision's own
+(``python -m diffmem.metrics.fid export-inception FILE`` writes it from torchvision's own
 ImageNet weights on a machine with a network). Images are scaled to [0, 1], repeated to three
 channels, resized bilinearly to 299×299 and normalised with the ImageNet mean and std, the
 input those weights expect. These are not the TensorFlow FID Inception weights that
@@ -18,16 +18,16 @@ digit for digit with published FIDs.
 from __future__ import annotations
 
 import argparse
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .diffusion import resolve_device
-from .io import load_npz, load_safetensors, save_json, save_safetensors
+from ..io import load_safetensors, save_safetensors
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
+
+
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
@@ -85,38 +85,6 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     inner = root1 @ sigma2 @ root1
     tr_covmean = np.sqrt(nonneg(np.linalg.eigvalsh((inner + inner.T) / 2))).sum()
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
-
-
-def fid_stage(*, samples_npz: str, train_npz: str, heldout_npz: str, cfg: dict, device: str,
-              out_json: str) -> dict:
-    """FID of the samples against the training and the held-out images, or a stated skip."""
-    weights = (cfg or {}).get("inception_weights")
-    max_images = int((cfg or {}).get("max_images", 10000))
-    samples = load_npz(samples_npz)["images"][:max_images]
-    train = load_npz(train_npz)["images"][:max_images]
-    heldout = load_npz(heldout_npz)["images"][:max_images]
-    result = {"fid_train": None, "fid_test": None, "samples": int(len(samples)),
-              "train_images": int(len(train)), "heldout_images": int(len(heldout)),
-              "inception_weights": weights, "skipped": None}
-    if not weights:
-        result["skipped"] = ("no Inception weights: set fid.inception_weights to a safetensors "
-                             "file (python -m diffmem.quality export-inception FILE)")
-        print(f"FID skipped: {result['skipped']}")
-        save_json(out_json, result)
-        return result
-    dev = resolve_device(device)
-    net = build_inception(weights, dev)
-    bs = int((cfg or {}).get("batch_size", 200))
-    stats = {k: gaussian_stats(inception_features(v, net, dev, bs))
-             for k, v in (("samples", samples), ("train", train), ("heldout", heldout))}
-    result["fid_train"] = round(frechet_distance(*stats["samples"], *stats["train"]), 3)
-    result["fid_test"] = round(frechet_distance(*stats["samples"], *stats["heldout"]), 3)
-    result["inception_sha256"] = hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:16]
-    if min(len(samples), len(train), len(heldout)) < 2048:
-        result["note"] = ("fewer images than feature dimensions (2048): the covariances are "
-                          "singular and FID is biased upwards; compare only equal set sizes")
-    save_json(out_json, result)
-    return result
 
 
 def export_inception(path: str) -> None:

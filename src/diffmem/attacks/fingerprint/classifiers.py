@@ -1,4 +1,4 @@
-"""One classifier trainer for the adversary classifiers C_SAF and C_ID (and SIDE's surrogate).
+"""One classifier trainer for the adversary classifiers C_SAF and C_ID.
 
 Models are torchvision ResNets with random initialisation (the fingerprinting paper used
 ResNet50) and a stem for small images: a 3×3 stride-1 first convolution and no max-pool, so a
@@ -22,13 +22,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .diffusion import resolve_device
-from .io import load_json, load_safetensors, save_json, save_safetensors
+from ...device import as_nchw_uint8, normalise
+from ...io import load_json, load_safetensors, save_json, save_safetensors
+from ...metrics.similarity import centred_unit
+from ...metrics.stats import auc
 
 log = logging.getLogger(__name__)
 
 
-# ----------------------------------------------------------------------------- models
 def build_resnet(depth: int, in_channels: int, num_classes: int = 1) -> nn.Module:
     from torchvision.models import resnet18, resnet34, resnet50
 
@@ -51,16 +52,6 @@ def load_classifier(weights: str, meta_path: str, device="cpu") -> tuple[nn.Modu
     net = build_resnet(meta["depth"], meta["in_channels"], meta.get("num_classes", 1))
     net.load_state_dict(load_safetensors(weights)[0])
     return net.to(device).eval(), meta
-
-
-# ----------------------------------------------------------------------------- batches
-def as_nchw_uint8(images: np.ndarray, device) -> torch.Tensor:
-    x = torch.as_tensor(images, device=device)
-    return x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2).contiguous()
-
-
-def normalise(x_uint8: torch.Tensor) -> torch.Tensor:
-    return x_uint8.float() / 127.5 - 1.0
 
 
 def stamp_discs(x: torch.Tensor, apply: torch.Tensor, radius: float, grey: float | torch.Tensor,
@@ -180,7 +171,6 @@ def id_task(target: np.ndarray, train_pool: np.ndarray, val_pool: np.ndarray, ra
     return TaskData(make_batch, augment(vx, noise_std, augmix, vg), vy.float())
 
 
-# ----------------------------------------------------------------------------- training
 @torch.no_grad()
 def predict_logits(net: nn.Module, x: torch.Tensor, batch: int = 2048) -> torch.Tensor:
     net.eval()
@@ -195,7 +185,6 @@ def binary_metrics(logits: torch.Tensor, y: torch.Tensor) -> dict:
     fp = int((pred & ~y).sum())
     fn = int((~pred & y).sum())
     n = len(y)
-    from .scoring import auc
 
     scores = logits.detach().float().cpu().numpy()
     truth = y.cpu().numpy()
@@ -255,54 +244,23 @@ def train_classifier(net: nn.Module, task: TaskData, *, steps: int, batch_size: 
 
 def not_twins_of(image: np.ndarray, pool: np.ndarray, limit: float) -> np.ndarray:
     """The images of ``pool`` whose Pearson similarity to ``image`` is below ``limit``."""
-    from .scoring import centred_unit
 
     sim = centred_unit(pool) @ centred_unit(image[None])[0]
     return pool[sim < limit]
 
 
-def train_fingerprint_classifiers(*, train_npz: str, target_npz: str, target_json: str,
-                                  heldout_npz: str, cfg: dict, seed: int, device: str,
-                                  out_saf: str, out_id: str, out_meta: str,
-                                  progress: bool = True) -> dict:
-    """Train C_SAF and C_ID for one run; write both weights and one metrics JSON."""
-    from .io import load_npz
+def load_pair(saf_w: str, id_w: str, meta_path: str, dev) -> tuple[list, dict]:
+    """C_SAF and C_ID (weights) with their shared metadata JSON."""
+    nets = [load_classifier(w, meta_path, dev)[0] for w in (saf_w, id_w)]
+    return nets, load_json(meta_path)
 
-    dev = resolve_device(device)
-    torch.manual_seed(seed)
-    train = load_npz(train_npz)["images"]
-    tgt = load_npz(target_npz)
-    info = load_json(target_json)
-    heldout = load_npz(heldout_npz)["images"]
-    radius, grey = info["saf"]["radius"], info["saf"]["grey"]
-    others = np.delete(train, info["target_position"], axis=0)  # clean training images
-    # C_ID's negatives must not hold x*'s near-duplicates (other frames of the same patient):
-    # as negatives they would teach the classifier that x* is not x*
-    limit = float(info.get("max_twin_similarity", 0.95))
-    others = not_twins_of(tgt["original"], others, limit)
-    id_heldout = not_twins_of(tgt["original"], heldout, limit)
-    channels = 1 if train.ndim == 3 else train.shape[-1]
-    common = dict(noise_std=cfg["noise_std"], augmix=cfg["augmix"], device=dev)
-    fit = dict(steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["learning_rate"],
-               eval_every=cfg["eval_every"], patience=cfg["patience"], progress=progress)
-    out = {"depth": cfg["depth"], "in_channels": channels, "num_classes": 1, "seed": seed}
 
-    saf = saf_task(others, heldout, radius, grey, train_rate=cfg["saf"]["train_rate"],
-                   val_rate=cfg["saf"]["val_rate"], seed=seed,
-                   alpha_min=cfg["saf"].get("alpha_min", 1.0),
-                   blur_sigma=cfg["saf"].get("blur_sigma", 0.0), **common)
-    c_saf = build_resnet(cfg["depth"], channels).to(dev)
-    out["c_saf"] = train_classifier(c_saf, saf, name="C_SAF", **fit)
-
-    ident = id_task(tgt["original"], others, id_heldout, radius, grey,
-                    positive_rate=cfg["id"]["positive_rate"],
-                    train_saf_rate=cfg["id"]["train_saf_rate"],
-                    val_saf_rate=cfg["id"]["val_saf_rate"], mask_rate=cfg["id"]["mask_rate"],
-                    val_size=max(2 * len(heldout), 256), seed=seed + 7, **common)
-    c_id = build_resnet(cfg["depth"], channels).to(dev)
-    out["c_id"] = train_classifier(c_id, ident, name="C_ID", **fit)
-
-    save_safetensors(out_saf, c_saf.state_dict())
-    save_safetensors(out_id, c_id.state_dict())
-    save_json(out_meta, out)
-    return out
+@torch.no_grad()
+def classify(nets: list[torch.nn.Module], images: torch.Tensor, threshold: float = 0.5,
+             batch: int = 4096) -> list[torch.Tensor]:
+    """Probabilities of each classifier for float images in [-1, 1] (B, C, H, W)."""
+    outs = [[] for _ in nets]
+    for i in range(0, len(images), batch):
+        for j, net in enumerate(nets):
+            outs[j].append(torch.sigmoid(net(images[i:i + batch]).float().squeeze(-1)))
+    return [torch.cat(o) if o else torch.zeros(0, device=images.device) for o in outs]

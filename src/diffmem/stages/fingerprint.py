@@ -1,49 +1,94 @@
-"""Fingerprint-audit stages: detect reproductions, boundary search, aggregate tables (Table 1/2)."""
+"""Stages of rules/fingerprint.smk: the adversary classifiers, the reproduction count, the
+boundary search from the target and its controls, the detector check and Tables 1/2."""
 
 from __future__ import annotations
-
-import time
 
 import numpy as np
 import pandas as pd
 import torch
 
-from .audit import (
-    binomial_p_values,
-    boundary_search,
+from ..attacks.boundary import boundary_sampler, search_queries, walk_back_summary
+from ..attacks.fingerprint.classifiers import (
+    build_resnet,
     classify,
+    id_task,
+    load_pair,
+    not_twins_of,
+    saf_task,
+    train_classifier,
+)
+from ..attacks.fingerprint.target import (
     disc_strength,
     mae_to,
     pixel_reproduction,
+    select_controls,
 )
-from .classifier import as_nchw_uint8, load_classifier, normalise
-from .diffusion import (
-    NoiseProcess,
-    fast_runner,
-    gpu_peak_gib,
-    load_model,
-    resolve_device,
-    reverse,
+from ..device import as_nchw_uint8, gpu_peak_gib, normalise, resolve_device, to_uint8
+from ..diffusion.process import NoiseProcess
+from ..diffusion.sampler import reverse
+from ..diffusion.unet import load_model
+from ..io import (
+    atomic_path,
+    load_json,
+    load_npz,
+    save_csv,
+    save_figure,
+    save_json,
+    save_safetensors,
 )
-from .figures import plt
-from .io import atomic_path, load_json, load_npz, save_figure, save_json
+from ..metrics.stats import binomial_p_values, corrected_rate, upper_darboux, wilson
+from ..plotting import plt
 
 
-def load_pair(saf_w: str, id_w: str, meta_path: str, dev) -> tuple[list, dict]:
-    """C_SAF and C_ID (weights) with their shared metadata JSON."""
-    nets = [load_classifier(w, meta_path, dev)[0] for w in (saf_w, id_w)]
-    return nets, load_json(meta_path)
+def train_fingerprint_classifiers_stage(*, train_npz: str, target_npz: str, target_json: str,
+                                        heldout_npz: str, cfg: dict, seed: int, device: str,
+                                        out_saf: str, out_id: str, out_meta: str,
+                                        progress: bool = True) -> dict:
+    """Train C_SAF and C_ID for one run; write both weights and one metrics JSON."""
+    dev = resolve_device(device)
+    torch.manual_seed(seed)
+    train = load_npz(train_npz)["images"]
+    tgt = load_npz(target_npz)
+    info = load_json(target_json)
+    heldout = load_npz(heldout_npz)["images"]
+    radius, grey = info["saf"]["radius"], info["saf"]["grey"]
+    others = np.delete(train, info["target_position"], axis=0)  # clean training images
+    # C_ID's negatives must not hold x*'s near-duplicates (other frames of the same patient):
+    # as negatives they would teach the classifier that x* is not x*
+    limit = float(info.get("max_twin_similarity", 0.95))
+    others = not_twins_of(tgt["original"], others, limit)
+    id_heldout = not_twins_of(tgt["original"], heldout, limit)
+    channels = 1 if train.ndim == 3 else train.shape[-1]
+    common = dict(noise_std=cfg["noise_std"], augmix=cfg["augmix"], device=dev)
+    fit = dict(steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["learning_rate"],
+               eval_every=cfg["eval_every"], patience=cfg["patience"], progress=progress)
+    out = {"depth": cfg["depth"], "in_channels": channels, "num_classes": 1, "seed": seed}
+
+    saf = saf_task(others, heldout, radius, grey, train_rate=cfg["saf"]["train_rate"],
+                   val_rate=cfg["saf"]["val_rate"], seed=seed,
+                   alpha_min=cfg["saf"].get("alpha_min", 1.0),
+                   blur_sigma=cfg["saf"].get("blur_sigma", 0.0), **common)
+    c_saf = build_resnet(cfg["depth"], channels).to(dev)
+    out["c_saf"] = train_classifier(c_saf, saf, name="C_SAF", **fit)
+
+    ident = id_task(tgt["original"], others, id_heldout, radius, grey,
+                    positive_rate=cfg["id"]["positive_rate"],
+                    train_saf_rate=cfg["id"]["train_saf_rate"],
+                    val_saf_rate=cfg["id"]["val_saf_rate"], mask_rate=cfg["id"]["mask_rate"],
+                    val_size=max(2 * len(heldout), 256), seed=seed + 7, **common)
+    c_id = build_resnet(cfg["depth"], channels).to(dev)
+    out["c_id"] = train_classifier(c_id, ident, name="C_ID", **fit)
+
+    save_safetensors(out_saf, c_saf.state_dict())
+    save_safetensors(out_id, c_id.state_dict())
+    save_json(out_meta, out)
+    return out
 
 
-def _csv(df: pd.DataFrame, path: str) -> None:
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
-
-
-def detect_stage(*, samples_npz: str, target_npz: str, target_json: str, c_saf: str, c_id: str,
-                 classifiers_json: str, threshold: float, device: str, out_csv: str,
-                 out_json: str, out_png: str, max_shown: int = 40,
-                 heldout_npz: str | None = None) -> dict:
+def detect_reproductions_stage(*, samples_npz: str, target_npz: str, target_json: str, c_saf: str,
+                               c_id: str, classifiers_json: str, threshold: float, device: str,
+                               out_csv: str, out_json: str, out_png: str, max_shown: int = 40,
+                               heldout_npz: str | None = None) -> dict:
     dev = resolve_device(device)
     nets, _ = load_pair(c_saf, c_id, classifiers_json, dev)
     samples = load_npz(samples_npz)["images"]
@@ -69,7 +114,7 @@ def detect_stage(*, samples_npz: str, target_npz: str, target_json: str, c_saf: 
                        "saf_positive": saf_pos[flagged], "id_positive": id_pos[flagged],
                        "reproduction": both[flagged], "mae": mae[flagged], "mse": mse[flagged],
                        "disc_strength": strength[flagged], "pixel_near_copy": pixel[flagged]})
-    _csv(df, out_csv)
+    save_csv(out_csv, df)
     n_train, k_samples, k = int(info["n_train"]), len(samples), int(both.sum())
     summary = {
         "samples": k_samples, "n_train": n_train, "threshold": threshold,
@@ -121,17 +166,6 @@ def _flagged_figure(samples, target, flagged, both, saf_pos, mae, strength, path
     save_figure(fig, path)
 
 
-def boundary_sampler(cfg: dict, process: NoiseProcess) -> tuple[str, int]:
-    """The boundary search's own sampler: ``auto`` is what the authors' code runs from t
-    (MischaD/Privacy, compute_t_dash.py: DDPM ancestral steps, 100 of them) for a DDPM model and
-    the paper's Euler–Maruyama for the sub-VP SDE. Stochastic steps matter: deterministic DDIM
-    keeps more of x_t, so a walk back is found from more noise than the paper's sampler finds."""
-    sampler = cfg.get("sampler", "auto")
-    if sampler == "auto":
-        sampler = "euler_maruyama" if process.kind == "subvp" else "ddpm"
-    return sampler, min(int(cfg.get("steps", 100)), process.T)
-
-
 def _dpm_and_detectors(weights, model_config, c_saf, c_id, classifiers_json, boundary: dict,
                        dev):
     """The trained DPM, its process, the boundary search's sampler and the two detectors."""
@@ -142,145 +176,13 @@ def _dpm_and_detectors(weights, model_config, c_saf, c_id, classifiers_json, bou
     return model, process, sampler, steps, nets
 
 
-def select_controls(original: np.ndarray, train: np.ndarray, target_pos: int,
-                    heldout: np.ndarray, others: np.ndarray, k: int, limit: float,
-                    device="cpu") -> dict:
-    """``k`` held-out images to run the boundary search from beside the target.
-
-    Candidates pass the target's uniqueness filter (no other image of train ∪ unused train ∪
-    held-out at Pearson ≥ ``limit``) and are matched to the target on their similarity to the
-    nearest training image (the target's: to the training images other than x_SAF), closest
-    first, so target and controls are equally typical of the training set."""
-    from .scoring import nearest, nearest_other
-
-    rest = np.delete(train, target_pos, axis=0)
-    kw = dict(kind="cosine", device=device)
-    target_nn = float(nearest(original[None], rest, top_k=1, **kw)["sim"][0, 0])
-    pool = np.concatenate([train, others, heldout])
-    own = len(train) + len(others) + np.arange(len(heldout))
-    twin_sim, _ = nearest_other(heldout, pool, own, **kw)
-    candidates = np.flatnonzero(twin_sim < limit)
-    nn_train = nearest(heldout[candidates], train, top_k=1, **kw)["sim"][:, 0]
-    order = np.argsort(np.abs(nn_train - target_nn), kind="stable")[:k]
-    return {"heldout_index": candidates[order], "nn_similarity": nn_train[order],
-            "target_nn_similarity": target_nn, "candidates": int(len(candidates))}
-
-
-def nearest_accept(refs: np.ndarray, group: np.ndarray, device="cpu"):
-    """Classifier-free acceptance: the output's nearest image (Pearson) among ``refs`` belongs
-    to the query's group (the query and its clean original), and the output is at least as
-    similar to it as the query is to any image outside its group. Works alike for the target
-    and for controls the classifiers were never trained on.
-
-    The second condition matters: a barely trained model returns about the same blurry mean
-    image from any noise, and whichever query is nearest to that image would otherwise be
-    "walked back to" from pure noise (seen on the 30-step test model: 25 % of pure-noise runs
-    accepted for a control)."""
-    from .diffusion import to_uint8
-    from .scoring import centred_unit
-
-    feats = torch.as_tensor(centred_unit(refs), device=device)  # once, not per reverse batch
-    members = torch.as_tensor(group, device=device)
-    bar = float((feats[members] @ feats[~members].T).max())
-
-    def accept(x0):
-        sim = torch.as_tensor(centred_unit(to_uint8(x0)), device=device) @ feats.T
-        best = sim.max(1)
-        return (members[best.indices] & (best.values >= bar)).to(x0.device)
-
-    accept.bar = bar
-    return accept
-
-
-def search_queries(model, process, sampler: str, steps: int, queries: list, refs: np.ndarray,
-                   cfg: dict, seed: int, dev, bf16: bool, extra_accept: dict | None = None,
-                   graphs: bool = True) -> tuple[dict, pd.DataFrame, float]:
-    """The boundary search from every query (name, image, indices of its group in ``refs``)
-    with the classifier-free test (:func:`nearest_accept`); ``extra_accept[name]`` adds a second
-    rule for that query (the paper's C_SAF ∧ C_ID for the target). One sampler, one random
-    stream, for the fingerprint audit and for an imported model's training images alike."""
-    from .audit import t50, t50_interval
-
-    gen = torch.Generator(device=dev).manual_seed(seed)
-    coef = process.coefficients(dev)
-    autocast = bf16 and dev.type == "cuda"
-    chunk = int(cfg.get("batch_size", 4096))
-    extra_accept = extra_accept or {}
-    # fixed-shape, CUDA-graphed steps on a GPU: each distinct batch size is captured once
-    runner = fast_runner(model, dev, autocast=autocast, graphs=graphs)
-
-    def noise_fn(x0, t):
-        return process.add_noise(x0, torch.randn(x0.shape, generator=gen, device=dev), t, coef)
-
-    def reverse_fn(x_t, t):
-        out = []
-        for i in range(0, len(x_t), chunk):  # one batch per chunk: every t runs together
-            out.append(reverse(model, process, x_t[i:i + chunk], t[i:i + chunk].cpu().numpy(),
-                               sampler=sampler, steps=steps, generator=gen, autocast=autocast,
-                               runner=runner))
-        return torch.cat(out)
-
-    t0 = time.perf_counter()
-    results, frames = {}, []
-    for name, image, members in queries:
-        group = np.zeros(len(refs), bool)
-        group[members] = True
-        near = nearest_accept(refs, group, dev)
-        extra = extra_accept.get(name)
-        accept = (lambda x0, near=near, extra=extra: torch.stack([near(x0), extra(x0)], 1)) \
-            if extra else near
-        x_q = normalise(as_nchw_uint8(image[None], dev))
-        res = boundary_search(x_q, process.T, int(cfg["trajectories"]), noise_fn, reverse_fn,
-                              accept, method=cfg["method"], t_step=int(cfg["t_step"]),
-                              points_per_round=int(cfg.get("points_per_round", 8)))
-        res["t50"] = t50(res["t"], res["k"], res["m"], process.T)
-        res["t50_ci"] = t50_interval(res["t"], res["k"], res["m"], process.T, seed=seed)
-        results[name] = res
-        frame = pd.DataFrame({"query": name, "t": res["t"], "t_over_T": res["t"] / process.T,
-                              "accepted": res["k"], "m": res["m"], "p_hat": res["p_hat"],
-                              "ci_low": res["ci_low"], "ci_high": res["ci_high"]})
-        if extra:
-            frame["accepted_classifiers"] = res["k_rules"][:, 1]
-        frames.append(frame)
-    seconds = round(time.perf_counter() - t0, 2)
-    return results, pd.concat(frames, ignore_index=True), seconds
-
-
-def walk_back_summary(tr: dict, controls: list[dict], T: int) -> dict:
-    """A query's boundary beside its controls': ρ, t50 with its interval, the rank p-values,
-    the walk-back answer and the false-accept rate from nearly pure noise."""
-    from .audit import rank_p_value, walks_back
-
-    # false accepts: controls' acceptance from nearly pure noise (t/T ≥ 0.9), where no reverse
-    # run can know an unseen image; times the target search's reverse runs
-    hi_t = [(c["k"][c["t"] >= 0.9 * T].sum(), (c["t"] >= 0.9 * T).sum() * c["m"])
-            for c in controls]
-    k_fa, n_fa = sum(h[0] for h in hi_t), sum(h[1] for h in hi_t)
-    fa_rate = float(k_fa / n_fa) if n_fa else None
-    return {
-        "rho": tr["rho"], "t_star": tr["t_star"],
-        "rho_control": [c["rho"] for c in controls],
-        "t50": tr["t50"], "t50_ci": list(tr["t50_ci"]),
-        "t50_control": [c["t50"] for c in controls],
-        "t50_control_ci": [list(c["t50_ci"]) for c in controls],
-        "rank_p_value_t50": rank_p_value(tr["t50"], [c["t50"] for c in controls]),
-        "rank_p_value_rho": rank_p_value(tr["rho"], [c["rho"] for c in controls]),
-        "walks_back": walks_back(tr["t50"], tr["t50_ci"], [c["t50"] for c in controls]),
-        "false_accept_rate": fa_rate,
-        "expected_false_accepts": None if fa_rate is None else fa_rate * tr["evaluations"] *
-        tr["m"],
-        "t_star_is_lower_bound": tr["t_star_is_lower_bound"],
-    }
-
-
-def boundary_stage(*, weights: str, model_config: str, target_npz: str, target_json: str,
-                   train_npz: str, heldout_npz: str, unused_npz: str, c_saf: str, c_id: str,
-                   classifiers_json: str, threshold: float, cfg: dict, seed: int, device: str,
-                   bf16: bool, out_csv: str, out_json: str, out_png: str,
-                   graphs: bool = True) -> dict:
-    """The boundary search from the target and from matched control images (module audit)."""
-    from .audit import upper_darboux
-
+def boundary_search_stage(*, weights: str, model_config: str, target_npz: str, target_json: str,
+                          train_npz: str, heldout_npz: str, unused_npz: str, c_saf: str, c_id: str,
+                          classifiers_json: str, threshold: float, cfg: dict, seed: int,
+                          device: str, bf16: bool, out_csv: str, out_json: str, out_png: str,
+                          graphs: bool = True) -> dict:
+    """The boundary search from the target and from matched control images
+    (:mod:`diffmem.attacks.boundary`)."""
     dev = resolve_device(device)
     model, process, sampler, steps, nets = _dpm_and_detectors(weights, model_config, c_saf, c_id,
                                                               classifiers_json, cfg, dev)
@@ -308,7 +210,7 @@ def boundary_stage(*, weights: str, model_config: str, target_npz: str, target_j
     results, df, seconds = search_queries(
         model, process, sampler, steps, queries, refs, cfg, seed, dev, bf16,
         extra_accept={"target": classifiers_accept}, graphs=graphs)
-    _csv(df, out_csv)
+    save_csv(out_csv, df)
     tr = results["target"]
     controls = [results[q[0]] for q in queries[1:]]
     # the paper's t′: the last t at which C_SAF ∧ C_ID accepted a run (same reverse runs)
@@ -331,11 +233,11 @@ def boundary_stage(*, weights: str, model_config: str, target_npz: str, target_j
         "threshold": threshold, "peak_gpu_gib": gpu_peak_gib(dev),
     }
     save_json(out_json, summary)
-    _boundary_figure(df, summary, out_png)
+    boundary_figure(df, summary, out_png)
     return summary
 
 
-def _boundary_figure(df, s, path):
+def boundary_figure(df, s, path):
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for name, g in df.groupby("query", sort=False):
         target = name == "target"
@@ -366,22 +268,20 @@ def _boundary_figure(df, s, path):
     save_figure(fig, path)
 
 
-def detector_stage(*, weights: str, model_config: str, target_npz: str, target_json: str,
-                   heldout_npz: str, samples_npz: str, c_saf: str, c_id: str,
-                   classifiers_json: str, threshold: float, boundary: dict, cfg: dict,
-                   seed: int, device: str, bf16: bool, out_json: str) -> dict:
+def detector_check_stage(*, weights: str, model_config: str, target_npz: str, target_json: str,
+                         heldout_npz: str, samples_npz: str, c_saf: str, c_id: str,
+                         classifiers_json: str, threshold: float, boundary: dict, cfg: dict,
+                         seed: int, device: str, bf16: bool, out_json: str) -> dict:
     """How well C_SAF ∧ C_ID finds what it must find, against the trained DPM.
 
-    Ground truth is the pixel test (:func:`audit.pixel_reproduction`). Positives: the model's own
+    Ground truth is the pixel test
+    (:func:`~diffmem.attacks.fingerprint.target.pixel_reproduction`). Positives: the model's own
     renderings of x_SAF (x_SAF noised to a few small t and denoised with the boundary search's
     sampler) and, separately, generated samples that pass the pixel test (the recall used is the
     lower of the two); negatives: generated samples that fail it. The AND rule's recall and
-    false-positive rate then correct the reproduction count (:func:`audit.corrected_rate`).
+    false-positive rate then correct the reproduction count
+    (:func:`~diffmem.metrics.stats.corrected_rate`).
     Kept apart from the classifiers' training so a new DPM does not retrain them."""
-    from .audit import corrected_rate
-    from .diffusion import to_uint8
-    from .scoring import wilson
-
     dev = resolve_device(device)
     model, process, sampler, steps, nets = _dpm_and_detectors(weights, model_config, c_saf, c_id,
                                                               classifiers_json, boundary, dev)
@@ -443,12 +343,11 @@ def detector_stage(*, weights: str, model_config: str, target_npz: str, target_j
     return summary
 
 
-# ----------------------------------------------------------------------------- aggregation
-def aggregate_stage(*, runs: list, classifiers: list[str], detections: list[str],
-                    boundaries: list[str], out_table1_csv: str, out_table1_md: str,
-                    out_table2_csv: str, out_table2_md: str, out_png: str,
-                    fids: list[str] | None = None,
-                    detectors: list[str] | None = None) -> pd.DataFrame:
+def fingerprint_tables_stage(*, runs: list, classifiers: list[str], detections: list[str],
+                             boundaries: list[str], out_table1_csv: str, out_table1_md: str,
+                             out_table2_csv: str, out_table2_md: str, out_png: str,
+                             fids: list[str] | None = None, detectors: list[str] | None = None
+                             ) -> pd.DataFrame:
     """Table 1 (reproductions vs N, p-values) and Table 2 (per dataset) over all runs.
 
     Table 2 has the paper's FID columns (against the training and the held-out images); they
@@ -491,7 +390,7 @@ def aggregate_stage(*, runs: list, classifiers: list[str], detections: list[str]
              "expected_K/N", "reproductions", "t_dash_paper", "rho", "rho_controls", "t50",
              "t50_controls_max", "rank_p", "walks_back", "darboux_area"]]
     for t, csv, md in ((t1, out_table1_csv, out_table1_md), (t2, out_table2_csv, out_table2_md)):
-        _csv(t, csv)
+        save_csv(csv, t)
         with atomic_path(md) as tmp:
             tmp.write_text(t.to_markdown(index=False, floatfmt=".4g") + "\n")
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))

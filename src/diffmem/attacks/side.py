@@ -9,27 +9,22 @@
    SiLU, global average pooling and a linear layer — the encoder classifier of guided
    diffusion (Dhariwal & Nichol 2021) that SIDE also uses — trained on noised members of S.
 3. Guided extraction: the shared sampler with ε̃ = ε − s·sqrt(1−ᾱ_t)·∇ log p_φ(y | x_t, t).
-4. Scores: :mod:`diffmem.memorization` scores SIDE's images, plain samples and unseen real
-   images with the one scoring module (:mod:`diffmem.scoring`).
+4. Scores: :mod:`diffmem.metrics.scores` scores SIDE's images, plain samples and unseen real
+   images with the one scoring module (:mod:`diffmem.metrics`).
 """
 
 from __future__ import annotations
-
-import logging
 
 import numpy as np
 import torch
 from torch import nn
 
-from .diffusion import NoiseProcess, load_model, resolve_device, sample, to_tensor
-from .figures import image_grid
-from .io import load_json, load_npz, load_safetensors, save_json, save_npz, save_safetensors
-from .scoring import centred_unit
-
-log = logging.getLogger(__name__)
+from ..device import resolve_device, to_tensor
+from ..diffusion.process import NoiseProcess
+from ..io import load_json, load_safetensors
+from ..metrics.similarity import centred_unit
 
 
-# ----------------------------------------------------------------------------- labels
 def surrogate_labels(images: np.ndarray, k: int, *, pca_dims: int, seed: int) -> dict:
     """k-means cluster labels of generated images (deterministic for a seed)."""
     from sklearn.cluster import KMeans
@@ -49,25 +44,6 @@ def surrogate_labels(images: np.ndarray, k: int, *, pca_dims: int, seed: int) ->
     return {"labels": labels, "sizes": np.bincount(labels, minlength=k)}
 
 
-def labels_stage(*, samples_npz: str, k: int, pca_dims: int, seed: int, out_npz: str,
-                 out_json: str, out_png: str, per_cluster: int = 8) -> dict:
-    images = load_npz(samples_npz)["images"]
-    res = surrogate_labels(images, k, pca_dims=pca_dims, seed=seed)
-    save_npz(out_npz, labels=res["labels"], sizes=res["sizes"])
-    save_json(out_json, {"k": k, "pca_dims": pca_dims, "seed": seed,
-                         "sizes": res["sizes"].tolist(), "images": len(images)})
-    rows, caps = [], []
-    for c in range(k):
-        members = np.nonzero(res["labels"] == c)[0][:per_cluster]
-        for j in range(per_cluster):
-            rows.append(images[members[j]] if j < len(members) else np.zeros_like(images[0]))
-            caps.append(f"c{c} (n={res['sizes'][c]})" if j == 0 else "")
-    image_grid(np.stack(rows), out_png, ncols=per_cluster, max_images=len(rows), captions=caps,
-               title="surrogate clusters of generated images (one row per cluster)")
-    return res
-
-
-# ----------------------------------------------------------------------------- classifier
 class TimeClassifier(nn.Module):
     """p_φ(y | x_t, t) from the down path of a diffusers UNet2DModel."""
 
@@ -147,17 +123,6 @@ def train_time_classifier(images: np.ndarray, labels: np.ndarray, process: Noise
                  "final_train_loss": float(loss.detach())}
 
 
-def classifier_stage(*, samples_npz: str, labels_npz: str, model_config: str, cfg: dict,
-                     seed: int, device: str, out_weights: str, out_json: str) -> dict:
-    images = load_npz(samples_npz)["images"]
-    labels = load_npz(labels_npz)["labels"]
-    process = NoiseProcess.from_config(load_json(model_config)["diffusion"])
-    net, metrics = train_time_classifier(images, labels, process, cfg, seed=seed, device=device)
-    save_safetensors(out_weights, net.state_dict())
-    save_json(out_json, {"config": net.config, **metrics})
-    return metrics
-
-
 def load_time_classifier(weights: str, meta_json: str, device) -> TimeClassifier:
     c = load_json(meta_json)["config"]
     net = TimeClassifier(c["num_classes"], c["image_size"], c["channels"],
@@ -166,7 +131,6 @@ def load_time_classifier(weights: str, meta_json: str, device) -> TimeClassifier
     return net.to(device).eval()
 
 
-# ----------------------------------------------------------------------------- extraction
 def guidance_fn(net: nn.Module, y: torch.Tensor):
     """∇_{x_t} log p_φ(y | x_t, t) for the sampler's guidance hook."""
 
@@ -177,35 +141,3 @@ def guidance_fn(net: nn.Module, y: torch.Tensor):
         return torch.autograd.grad(sel, x)[0]
 
     return grad
-
-
-def extract_stage(*, weights: str, model_config: str, clf_weights: str, clf_json: str,
-                  scale: float, per_cluster: int, sampler: str, steps: int, batch_size: int,
-                  seed: int, device: str, bf16: bool, out_npz: str, out_png: str,
-                  graphs: bool = True) -> dict:
-    """Guided sampling toward every surrogate cluster at guidance scale ``scale``."""
-    from .diffusion import fast_runner
-
-    dev = resolve_device(device)
-    model, meta = load_model(weights, model_config, dev)
-    runner = fast_runner(model, dev, autocast=bf16 and dev.type == "cuda", graphs=graphs)
-    process = NoiseProcess.from_config(meta["diffusion"])
-    net = load_time_classifier(clf_weights, clf_json, dev)
-    k = net.config["num_classes"]
-    shape = (meta["unet"]["in_channels"], meta["unet"]["sample_size"],
-             meta["unet"]["sample_size"])
-    # every cluster in the same batches: the guidance hook takes one target label per image
-    labels = np.repeat(np.arange(k), per_cluster)
-    images = []
-    for start in range(0, len(labels), batch_size):
-        y = torch.as_tensor(labels[start:start + batch_size], device=dev)
-        images.append(sample(model, process, len(y), shape=shape, sampler=sampler, steps=steps,
-                             batch_size=len(y), seed=seed * 100_003 + start, device=dev,
-                             autocast=bf16 and dev.type == "cuda",
-                             guidance=guidance_fn(net, y), guidance_scale=scale, progress=False,
-                             runner=runner))
-    images = np.concatenate(images)
-    save_npz(out_npz, images=images, labels=labels)
-    image_grid(images[np.argsort(labels, kind="stable")], out_png, ncols=min(per_cluster, 10),
-               max_images=100, title=f"SIDE samples, guidance scale {scale:g}")
-    return {"images": int(len(images)), "scale": scale}

@@ -5,7 +5,11 @@ to the model's size and the centre cropped (``resize: true``, the diffusers trai
 ``Resize`` + ``CenterCrop``), or taken as they are when they already have that size
 (``resize: false``); then converted to grey or RGB for the model's channels. 16-bit images are
 scaled to 8 bits (the workflow's pixels are uint8 everywhere). Every problem is one
-:class:`~diffmem.data.DataError` line naming the file.
+:class:`~diffmem.errors.DataError` line naming the file.
+
+
+:func:`dataset_arrays` gives any dataset (a MedMNIST file or your own images) the MedMNIST
+layout the stages read.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DataError
+from ..errors import DataError
+from .medmnist import load_medmnist, locate_medmnist
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 
@@ -135,6 +140,28 @@ def read_images(source: str | Path, *, size: int, channels: int, resize: bool = 
     return np.stack(out), names
 
 
-def mirror(images: np.ndarray) -> np.ndarray:
-    """Left-right mirror images (N, H, W[, C]): what a random-flip training pipeline shows."""
-    return np.ascontiguousarray(images[:, :, ::-1])
+def dataset_arrays(name: str, entry: dict | None, size: int, root: str, download: bool
+                   ) -> dict[str, np.ndarray]:
+    """A dataset's splits in the MedMNIST layout: a MedMNIST file (``entry`` None), or your own
+    images (``entry`` with ``train`` and ``heldout`` folders or .npz files), the held-out images
+    as ``val`` and an empty ``test``. Your images carry no labels (zeros)."""
+    if entry is None:
+        return load_medmnist(locate_medmnist(name, size, root, download), name, size)
+
+    kw = dict(size=size, channels=int(entry.get("channels", 1)),
+              resize=bool(entry.get("resize", True)))
+    train, _ = read_images(entry["train"], **kw)
+    heldout, _ = read_images(entry["heldout"], **kw)
+    def zeros(n):
+        return np.zeros((n, 1), np.uint8)
+
+    return {"train_images": train, "train_labels": zeros(len(train)),
+            "val_images": heldout, "val_labels": zeros(len(heldout)),
+            "test_images": heldout[:0], "test_labels": zeros(0)}
+
+
+def to_channels(images: np.ndarray, to_rgb: bool) -> np.ndarray:
+    """Grey (N, H, W) stays as it is unless ``to_rgb``; then it is repeated to (N, H, W, 3)."""
+    if to_rgb and images.ndim == 3:
+        return np.repeat(images[..., None], 3, axis=-1)
+    return images

@@ -17,13 +17,9 @@ keeps every group within twice the threshold of its leader. The JSON says how ma
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 
-from .figures import plt
-from .io import save_figure, save_json, save_npz
-from .scoring import similarity_blocks
+from ..metrics.similarity import mirrored, similarity_blocks
 
 
 def near_pairs(images: np.ndarray, metric: str, threshold: float, device="cpu",
@@ -103,10 +99,8 @@ def group_images(images: np.ndarray, *, metric: str = "rms", threshold: float = 
 
 def mirror_pairs(images: np.ndarray, metric: str, threshold: float, device="cpu") -> np.ndarray:
     """Pairs (i < j) where image j is a near-duplicate of image i's left-right mirror."""
-    from .images import mirror
-
     n = len(images)
-    p = near_pairs(np.concatenate([images, mirror(images)]), metric, threshold, device)
+    p = near_pairs(np.concatenate([images, mirrored(images)]), metric, threshold, device)
     p = p[(p[:, 0] < n) & (p[:, 1] >= n)]
     p = np.stack([p[:, 0], p[:, 1] - n], 1)
     p = np.sort(p[p[:, 0] != p[:, 1]], axis=1)
@@ -120,23 +114,20 @@ def _merge(groups: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     return _components(int(groups.max()) + 1, groups[pairs])[groups]
 
 
-def duplicates_stage(*, flag: str, arrays: dict, metric: str, threshold: float,
-                     max_diameter: float | None, device: str, out_npz: str, out_json: str,
-                     out_png: str, mirror: bool = False) -> dict:
-    """Groups over train ∪ val ∪ test of one dataset file, and what they mean for a run.
+def near_duplicate_groups(train: np.ndarray, heldout: np.ndarray, *, metric: str,
+                          threshold: float, max_diameter: float | None, mirror: bool = False,
+                          device="cpu") -> dict:
+    """Groups over train ∪ held-out (:func:`group_images`) and a summary of what they mean for
+    a run: how many training images have a twin, how many held-out images share a group with a
+    training image.
 
     ``mirror`` (a model trained with random flips): an image and a near-duplicate of its mirror
     image are near-duplicates too; such pairs join their groups (not split again as chains)."""
-    from .diffusion import resolve_device
-
-    train = arrays["train_images"]
-    heldout = np.concatenate([arrays["val_images"], arrays["test_images"]])
     images = np.concatenate([train, heldout])
-    dev = resolve_device(device)
     res = group_images(images, metric=metric, threshold=threshold, max_diameter=max_diameter,
-                       device=dev)
+                       device=device)
     if mirror:
-        extra = mirror_pairs(images, metric, threshold, dev)
+        extra = mirror_pairs(images, metric, threshold, device)
         res["groups"] = _merge(res["groups"], extra)
         res["pairs"] = np.unique(np.concatenate([res["pairs"], extra]), axis=0)
     g = res["groups"]
@@ -146,7 +137,7 @@ def duplicates_stage(*, flag: str, arrays: dict, metric: str, threshold: float,
     train_groups = set(tg.tolist())
     heldout_twin_of_train = np.array([x in train_groups for x in hg], dtype=bool)
     summary = {
-        "dataset": flag, "metric": metric, "threshold": threshold,
+        "metric": metric, "threshold": threshold,
         "max_diameter": res["max_diameter"], "chains_split": res["chains_split"],
         "images": int(len(images)), "train_images": int(len(train)),
         "heldout_images": int(len(heldout)), "groups": int(size.size),
@@ -160,34 +151,4 @@ def duplicates_stage(*, flag: str, arrays: dict, metric: str, threshold: float,
                  "images of train ∪ val ∪ test; a component less similar than max_diameter "
                  "inside is split by leader clustering"),
     }
-    # the pairs themselves too (indices into train ∪ held-out): a split chain must not let a
-    # direct twin of a training image into a run's null
-    save_npz(out_npz, train_group=tg, heldout_group=hg, pairs=res["pairs"].astype(np.int64))
-    if summary["heldout_images_sharing_a_group_with_train"]:
-        logging.getLogger(__name__).warning(
-            "%s: %d of %d held-out images are near-duplicates of training images; they are left "
-            "out of the null, but a held-out set full of twins is not unseen data",
-            flag, summary["heldout_images_sharing_a_group_with_train"], len(heldout))
-    save_json(out_json, summary)
-    _pairs_figure(images, res["pairs"], g, len(train), out_png, summary)
-    return summary
-
-
-def _pairs_figure(images, pairs, groups, n_train, path, s, show: int = 10):
-    cross = [p for p in pairs if (p[0] < n_train) != (p[1] < n_train)]
-    chosen = (cross + [p for p in pairs if (p[0] < n_train) == (p[1] < n_train)])[:show]
-    cols = max(len(chosen), 1)
-    fig, axes = plt.subplots(2, cols, figsize=(1.3 * cols, 3.0), squeeze=False)
-    cmap = "gray" if images.ndim == 3 else None
-    for ax in axes.flat:
-        ax.axis("off")
-    for j, (a, b) in enumerate(chosen):
-        for row, i in enumerate((a, b)):
-            axes[row, j].imshow(images[i], cmap=cmap, vmin=0, vmax=255)
-            where = "train" if i < n_train else "held-out"
-            axes[row, j].set_title(f"{where} #{i if i < n_train else i - n_train}", fontsize=6)
-    fig.suptitle(f"{s['dataset']}: {s['images_with_a_twin']} of {s['images']} images have a "
-                 f"near-duplicate ({s['metric']} threshold {s['threshold']:g}); "
-                 f"{s['heldout_images_sharing_a_group_with_train']} held-out images share a "
-                 f"group with a training image", fontsize=7)
-    save_figure(fig, path)
+    return {**res, "train_group": tg, "heldout_group": hg, "summary": summary}

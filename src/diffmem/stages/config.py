@@ -11,9 +11,10 @@ from pathlib import Path
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config value is wrong; the message is one line naming the key."""
+from ..data.images import count_images, list_image_files
+from ..data.medmnist import max_train_size, medmnist_info
+from ..diffusion.pretrained import diffusion_from_scheduler, inspect_model_folder
+from ..errors import ConfigError, DataError, ModelFolderError
 
 
 def _key(path) -> str:
@@ -106,8 +107,6 @@ def check_config(config: dict, schema_path: str | Path) -> dict:
 
 
 def _cross_checks(config: dict) -> None:
-    from .data import DataError, medmnist_info
-    from .images import count_images
 
     names = dataset_names(config)
     if not names and not config.get("models"):
@@ -203,11 +202,11 @@ def _cross_checks(config: dict) -> None:
         path = Path(weights).expanduser()
         if path.suffix != ".safetensors":
             raise ConfigError(f"config error at fid.inception_weights: {weights!r} is not a "
-                              f".safetensors file; write one with python -m diffmem.quality "
+                              f".safetensors file; write one with python -m diffmem.metrics.fid "
                               f"export-inception FILE.safetensors")
         if not path.is_file():
             raise ConfigError(f"config error at fid.inception_weights: file not found: {path}; "
-                              f"write it with python -m diffmem.quality export-inception "
+                              f"write it with python -m diffmem.metrics.fid export-inception "
                               f"{path}, or set null to skip FID")
     if config["sample"]["steps"] > diff["num_train_timesteps"]:
         raise ConfigError(f"config error at sample.steps: {config['sample']['steps']} exceeds "
@@ -232,9 +231,6 @@ def dataset_entry(config: dict, name: str) -> dict | None:
 
 def dataset_size(config: dict, name: str) -> int:
     """How many training images a dataset offers (what a subset may at most take)."""
-    from .data import max_train_size
-    from .images import count_images
-
     entry = dataset_entry(config, name)
     return max_train_size(name) if entry is None else count_images(entry["train"])
 
@@ -286,10 +282,6 @@ def run_seed(wildcards, config: dict) -> int:
 def model_info(config: dict, name: str) -> dict:
     """Check one ``models`` entry before any job: the folder (JSON only, never unpickling),
     the scheduler, the images and the boundary-search choices. Returns what the rules need."""
-    from .data import DataError
-    from .external import ModelFolderError, diffusion_from_scheduler, inspect_model_folder
-    from .images import count_images, list_image_files
-
     entry = config["models"][name]
     where = f"models.{name}"
     try:

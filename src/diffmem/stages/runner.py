@@ -7,8 +7,7 @@ import logging
 import sys
 import traceback
 
-from .config import ConfigError
-from .data import DataError
+from ..errors import ConfigError, DataError
 
 EXPECTED = (DataError, ConfigError, ValueError, FileNotFoundError)
 

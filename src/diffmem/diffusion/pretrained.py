@@ -8,8 +8,11 @@ a diffusers traceback; weights are read only from safetensors (diffusers' defaul
 unpickle a ``.bin``).
 
 The scheduler's β schedule (linear, scaled_linear, squaredcos_cap_v2 or trained_betas), T and
-prediction type (ε or v) map onto :class:`diffmem.diffusion.NoiseProcess`, so sampling, guidance,
-membership inference and the boundary search run unchanged on the imported model.
+prediction type (ε or v) map onto :class:`diffmem.diffusion.process.NoiseProcess`, so sampling,
+guidance, membership inference and the boundary search run unchanged on the imported model.
+
+This module is read when the DAG is built (the config checks): nothing here imports torch or
+diffusers at module level.
 """
 
 from __future__ import annotations
@@ -17,15 +20,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..errors import ModelFolderError
+
 PIPELINES = ("DDPMPipeline", "DDIMPipeline")
+
+
 SCHEDULERS = ("DDPMScheduler", "DDIMScheduler")
+
+
 SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+
+
 PICKLED = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
 WEIGHTS = "diffusion_pytorch_model.safetensors"
-
-
-class ModelFolderError(ValueError):
-    """The folder is not a model this workflow can audit; the message is one line."""
 
 
 def _json(path: Path) -> dict:
@@ -115,12 +124,12 @@ def diffusion_from_scheduler(cfg: dict, where: str = "scheduler") -> dict:
             "prediction_type": pred}
 
 
-def import_model(folder: str | Path, out_weights: str, out_config: str) -> dict:
-    """Convert a model folder into the workflow's own files (safetensors + JSON config), so every
-    later rule runs on it unchanged."""
+def load_pretrained(folder: str | Path):
+    """The folder's U-Net (read from safetensors) and the settings that go with it: the mapped
+    noise process and where it came from."""
     from diffusers import UNet2DModel
 
-    from .diffusion import NoiseProcess, save_model
+    from .process import NoiseProcess  # torch: not at module level (see the module docstring)
 
     info = inspect_model_folder(folder)
     diffusion = diffusion_from_scheduler(info["scheduler"], str(info["scheduler_path"]))
@@ -132,5 +141,4 @@ def import_model(folder: str | Path, out_weights: str, out_config: str) -> dict:
     extra = {"diffusion": diffusion, "source": {"folder": str(Path(folder).resolve()),
                                                 "scheduler": info["scheduler"].get("_class_name"),
                                                 "inference_settings_not_used": ignored}}
-    save_model(model, out_weights, out_config, extra=extra)
-    return extra
+    return model, extra

@@ -1,6 +1,6 @@
 """Train the unconditional DPM: ε-prediction (DDPM or sub-VP SDE), AdamW, EMA, checkpoints.
 
-The loop reads top to bottom in :func:`train_dpm`: batch → noise → time and x_t (DDPM steps, or
+The loop reads top to bottom in :func:`train`: batch → noise → time and x_t (DDPM steps, or
 the sub-VP SDE's continuous time: :meth:`NoiseProcess.training_inputs`) → model → loss → step →
 EMA → log. The whole training set lives on the device (MedMNIST sets are
 small), and the loss is summed on the device and read back only every ``log_every`` steps, so
@@ -9,7 +9,7 @@ the step loop never waits for the host.
 Checkpoints (every ``checkpoint_every`` steps, the last ``keep_checkpoints``) live in a folder
 that is *not* a declared output of the rule, so Snakemake does not delete them when a job
 fails; each is a folder of safetensors files plus ``state.json`` written under a temporary name
-and renamed when complete. A checkpoint is resumed only when its fingerprint (a hash of every
+and renamed when complete. A checkpoint is resumed only when its settings digest (a hash of every
 setting and of the training data) matches the current run; a checkpoint that fails to load is
 skipped with a warning and the next older one (or a fresh start) is used.
 """
@@ -26,20 +26,16 @@ from pathlib import Path
 
 import torch
 
-from .diffusion import (
-    NoiseProcess,
-    build_unet,
-    gpu_peak_gib,
-    resolve_device,
-    save_model,
-    to_tensor,
-)
-from .io import atomic_path, load_npz, load_safetensors, save_safetensors
+from ..device import gpu_peak_gib, resolve_device, to_tensor
+from ..io import load_safetensors, save_safetensors
+from .process import NoiseProcess
+from .unet import build_unet
 
 log = logging.getLogger(__name__)
 
 
-def fingerprint(*parts) -> str:
+def settings_digest(*parts) -> str:
+    """A short hash of settings (JSON-able parts): what a checkpoint must match to resume."""
     h = hashlib.sha256()
     for p in parts:
         h.update(json.dumps(p, sort_keys=True, default=str).encode())
@@ -50,7 +46,6 @@ def file_digest(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
-# ----------------------------------------------------------------------------- checkpoints
 def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
     """AdamW state as flat tensors + JSON-able rest, so it can live in safetensors."""
     sd = opt.state_dict()
@@ -118,7 +113,7 @@ def save_checkpoint(folder: Path, step: int, model, ema, opt, gen: torch.Generat
 
 
 def load_latest_checkpoint(folder: Path, fp: str, model, ema, opt, gen: torch.Generator):
-    """Restore the newest loadable checkpoint with this fingerprint; return (step, losses)."""
+    """Restore the newest loadable checkpoint with this settings digest; return (step, losses)."""
     for ck in sorted(folder.glob("step_*"), reverse=True):
         try:
             state = json.loads((ck / "state.json").read_text())
@@ -141,17 +136,17 @@ def load_latest_checkpoint(folder: Path, fp: str, model, ema, opt, gen: torch.Ge
     return 0, []
 
 
-# ----------------------------------------------------------------------------- training
-def train_dpm(*, train_npz: str, model_cfg: dict, diffusion_cfg: dict, train_cfg: dict,
-              seed: int, device: str, out_weights: str, out_config: str, out_loss_csv: str,
-              out_loss_png: str, checkpoint_dir: str, progress: bool = True) -> dict:
-    """Train, write the EMA weights, their config and the loss curve; return a summary."""
-    import pandas as pd
+def train(images, *, model_cfg: dict, diffusion_cfg: dict, train_cfg: dict, seed: int,
+          device: str, checkpoint_dir: str, data_digest: str, progress: bool = True
+          ) -> tuple[torch.nn.Module, dict, list, str]:
+    """Train on uint8 ``images``; returns (EMA model, summary, losses, settings digest).
+
+    ``data_digest`` (of the training data) enters the checkpoints' settings digest, so a
+    checkpoint made on other data is never resumed."""
     from tqdm.auto import tqdm
 
     dev = resolve_device(device)
     torch.manual_seed(seed)  # weight initialisation
-    images = load_npz(train_npz)["images"]
     data = to_tensor(images, dev)
     n, channels, size = data.shape[0], data.shape[1], data.shape[-1]
     process = NoiseProcess.from_config(diffusion_cfg)
@@ -170,10 +165,10 @@ def train_dpm(*, train_npz: str, model_cfg: dict, diffusion_cfg: dict, train_cfg
     warmup, log_every = int(train_cfg["warmup_steps"]), int(train_cfg["log_every"])
     ck_every, ck_keep = int(train_cfg["checkpoint_every"]), int(train_cfg["keep_checkpoints"])
     autocast = bool(train_cfg["bf16"]) and cuda
-    fp = fingerprint(model_cfg, diffusion_cfg,
-                     {k: v for k, v in train_cfg.items()
-                      if k not in ("checkpoint_every", "keep_checkpoints", "log_every")},
-                     seed, file_digest(train_npz), dev.type)
+    fp = settings_digest(model_cfg, diffusion_cfg,
+                         {k: v for k, v in train_cfg.items()
+                          if k not in ("checkpoint_every", "keep_checkpoints", "log_every")},
+                         seed, data_digest, dev.type)
     ck_dir = Path(checkpoint_dir)
     start, losses = load_latest_checkpoint(ck_dir, fp, model, ema, opt, gen)
     step_fn = model
@@ -233,32 +228,4 @@ def train_dpm(*, train_npz: str, model_cfg: dict, diffusion_cfg: dict, train_cfg
                "steady_images_per_second": round(steady, 1) if steady else None,
                "compiled": step_fn is not model, "peak_gpu_gib": gpu_peak_gib(dev),
                "final_loss": losses[-1][1] if losses else None}
-    save_model(ema_model, out_weights, out_config,
-               extra={"diffusion": diffusion_cfg, "train": summary, "fingerprint": fp})
-    df = pd.DataFrame(losses, columns=["step", "loss"])
-    with atomic_path(out_loss_csv) as tmp:
-        df.to_csv(tmp, index=False)
-    plot_loss(df, out_loss_png)
-    shutil.rmtree(ck_dir, ignore_errors=True)  # the final weights supersede the checkpoints
-    return summary
-
-
-def plot_loss(df, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .io import save_figure
-
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot(df["step"], df["loss"], lw=1)
-    if len(df) >= 10:
-        ax.plot(df["step"], df["loss"].rolling(max(len(df) // 20, 2), min_periods=1).mean(),
-                lw=2, label="rolling mean")
-        ax.legend()
-    ax.set_xlabel("training step")
-    ax.set_ylabel("ε-prediction MSE")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    save_figure(fig, path)
+    return ema_model, summary, losses, fp

@@ -1,0 +1,2 @@
+"""The audits: the fingerprint audit, the boundary search for any query, SIDE, membership
+inference."""

@@ -1,0 +1,1 @@
+"""The fingerprint audit: the fingerprinted target and the adversary classifiers."""

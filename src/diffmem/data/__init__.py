@@ -1,0 +1,1 @@
+"""The data: MedMNIST files, a user's image folders, near-duplicate groups."""

@@ -1,0 +1,55 @@
+"""The denoiser: a ``diffusers.UNet2DModel`` with its config saved next to safetensors weights,
+so the file pair alone says what it is."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from ..io import atomic_path, load_safetensors, save_safetensors
+
+
+def build_unet(cfg: dict, image_size: int, channels: int):
+    """A ``diffusers.UNet2DModel`` from the config's ``model`` section."""
+    from diffusers import UNet2DModel
+
+    blocks = list(cfg["block_out_channels"])
+    levels = len(blocks)
+    if image_size % 2 ** (levels - 1):
+        raise ValueError(f"image size {image_size} is not divisible by 2^{levels - 1}: "
+                         f"model.block_out_channels has too many levels ({levels})")
+    attn = set(cfg.get("attention_levels", []))
+    down = [("AttnDownBlock2D" if i in attn else "DownBlock2D") for i in range(levels)]
+    up = [("AttnUpBlock2D" if i in attn else "UpBlock2D") for i in reversed(range(levels))]
+    return UNet2DModel(
+        sample_size=image_size, in_channels=channels, out_channels=channels,
+        block_out_channels=tuple(blocks), layers_per_block=int(cfg["layers_per_block"]),
+        down_block_types=tuple(down), up_block_types=tuple(up),
+        norm_num_groups=int(cfg.get("norm_num_groups", 32)),
+        dropout=float(cfg.get("dropout", 0.0)),
+    )
+
+
+def save_model(model, weights_path: str | os.PathLike, config_path: str | os.PathLike,
+               extra: dict | None = None) -> None:
+    """Weights as safetensors, the diffusers config (plus ``extra``) as JSON beside them."""
+    cfg = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
+    cfg = json.loads(json.dumps(cfg, default=list))
+    with atomic_path(config_path) as tmp:
+        tmp.write_text(json.dumps({"unet": cfg, **(extra or {})}, indent=2, sort_keys=True))
+    save_safetensors(weights_path, model.state_dict())
+
+
+def load_model(weights_path: str | os.PathLike, config_path: str | os.PathLike,
+               device: torch.device | str = "cpu"):
+    """Rebuild the U-Net from its JSON config and load safetensors weights (no pickle)."""
+    from diffusers import UNet2DModel
+
+    meta = json.loads(Path(config_path).read_text())
+    model = UNet2DModel.from_config(meta["unet"])
+    state, _ = load_safetensors(weights_path)
+    model.load_state_dict(state)
+    return model.to(device).eval(), meta

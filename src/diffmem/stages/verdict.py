@@ -1,0 +1,108 @@
+"""Stage of rules/verdict.smk: ``verdict``, one row per run and question answered yes / no /
+inconclusive from its primary statistic (see README, The verdict and its nulls)."""
+
+from __future__ import annotations
+
+import math
+
+from ..io import load_json, save_csv, save_text
+from ..metrics.stats import NO_NULL, decide
+
+NO_NULL_TEXT = ("inconclusive (no null): there were no unseen images to compare with, so the "
+                "score is reported and nothing is tested.")
+
+
+def _num(x, missing: str = "–", fmt: str = ".3f") -> str:
+    """A number for a table; ``missing`` for a value a test without a null does not have."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return missing
+    return format(x, fmt)
+
+
+def _fmt_test(t: dict) -> str:
+    if t.get("effect") is None:
+        return f"{t.get('answer', 'not tested')}"
+    return (f"{t['effect']:.3f} [{t['ci_low']:.3f}, {t['ci_high']:.3f}], "
+            f"p = {t['p_value']:.3g}")
+
+
+ANSWER_ORDER = ("plain_copies", "side_extracts_more", "membership", "walks_back")
+
+
+def run_label(run) -> str:
+    """``breastmnist N=64 seed 0`` for a trained run, ``model NAME`` for an imported one."""
+    return f"model {run}" if isinstance(run, str) else "{} N={} seed {}".format(*run)
+
+
+def walk_back_test(b: dict) -> dict:
+    """The boundary search's answer as a verdict row: target t50 against the controls'."""
+    top = max(b["t50_control"]) if b["t50_control"] else None
+    what = ("the most copied training image" if b.get("query", {}).get("chosen", "").startswith(
+        "most") else "the chosen training image") if b.get("query_kind") else \
+        "the fingerprinted image"
+    return {"question": f"does the model walk back to {what} from more noise than to unseen "
+                        f"images?",
+            "statistic": f"t50 (isotonic p̂_t = 0.5) of the target minus the largest of "
+                         f"{len(b['t50_control'])} unseen controls'; p = rank among them",
+            "value": b["t50"], "null_value": top,
+            **({"effect": None, "ci_low": None, "ci_high": None} if top is None else
+               {"effect": b["t50"] - top, "ci_low": b["t50_ci"][0] - top,
+                "ci_high": b["t50_ci"][1] - top}),
+            "p_value": b["rank_p_value_t50"] if top is not None else None,
+            "margin": 0.0, "null_effect": 0.0,
+            "n": b["m"], "null_n": b["m"] * len(b["t50_control"]), "answer": b["walks_back"]}
+
+
+def verdict_rows(runs: list, metrics: list[str], membership: list[str], alpha: float,
+                 boundaries: list[str] | None = None) -> list:
+
+    rows = []
+    boundaries = boundaries or [None] * len(runs)
+    for run, mp, bp, wp in zip(runs, metrics, membership, boundaries, strict=True):
+        dataset, n, seed = (f"models/{run}", None, None) if isinstance(run, str) else run
+        tests = dict(load_json(mp)["tests"])
+        tests["membership"] = load_json(bp)
+        if wp and "t50_control" in load_json(wp):
+            tests["walks_back"] = walk_back_test(load_json(wp))
+        for key in ANSWER_ORDER:
+            if key not in tests:
+                continue
+            t = tests[key]
+            rows.append({"run": run_label(run), "dataset": dataset,
+                         "N": None if n is None else int(n),
+                         "seed": None if seed is None else int(seed),
+                         "question": t["question"],
+                         "answer": t.get("answer") or decide(t, alpha=alpha,
+                                                             margin=t["margin"],
+                                                             null_effect=t["null_effect"]),
+                         "primary statistic": t["statistic"], "value": t["value"]
+                         if "value" in t else t["effect"], "null": t["null_value"],
+                         "effect": t["effect"], "ci_low": t["ci_low"], "ci_high": t["ci_high"],
+                         "p_value": t["p_value"], "margin": t["margin"], "images": t["n"],
+                         "null_images": t["null_n"]})
+    return rows
+
+
+def verdict_stage(*, runs: list, metrics: list[str], membership: list[str], alpha: float,
+                  out_csv: str, out_md: str, boundaries: list[str] | None = None) -> list:
+    import pandas as pd
+
+    rows = verdict_rows(runs, metrics, membership, alpha, boundaries)
+    df = pd.DataFrame(rows)
+    save_csv(out_csv, df)
+    lines = ["| run | question | answer | primary statistic | value (null) | effect [95 % CI] "
+             "| p | margin |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['run']} | {r['question']} | "
+                     f"**{r['answer']}** | {r['primary statistic']} | {_num(r['value'])} "
+                     f"({_num(r['null'], 'no null')}) | {_num(r['effect'])} "
+                     f"[{_num(r['ci_low'])}, {_num(r['ci_high'])}] | "
+                     f"{_num(r['p_value'], fmt='.3g')} | {r['margin']:g} |")
+    lines += ["", f"yes: the primary test is significant at α = {alpha:g} and its 95 % "
+                  f"interval excludes no effect; no: the interval excludes an effect larger "
+                  f"than the margin; otherwise inconclusive (too few images to tell). The "
+                  f"walk-back row: yes when the target's whole t50 interval lies above every "
+                  f"control's t50, no when its t50 is within the controls' range."
+              + (f" {NO_NULL_TEXT}" if any(r["answer"] == NO_NULL for r in rows) else ""), ""]
+    save_text(out_md, "\n".join(lines))
+    return rows
