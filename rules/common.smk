@@ -8,6 +8,7 @@ from diffmem.stages.config import (
     all_runs,
     check_config,
     dataset_entry,
+    dataset_images,
     dataset_names,
     model_info,
     run_dir,

@@ -22,8 +22,10 @@ rule prepare_data:
         image_size=config["image_size"],
         to_rgb=config.get("to_rgb", False),
         saf=config["saf"],
-        # your own images: the entry (folders or .npz) is the data, so changing it re-runs
+        # your own images: the entry (folders or .npz) and what they hold (a digest of every
+        # file's path, size and modification time) are the data, so changing either re-runs
         entry=lambda wc: dataset_entry(config, wc.dataset),
+        images=lambda wc: dataset_images(config, wc.dataset),
     script:
         "../workflow/scripts/prepare_data.py"
 
@@ -50,6 +52,7 @@ rule near_duplicates:
         image_size=config["image_size"],
         duplicates=config["duplicates"],
         entry=lambda wc: dataset_entry(config, wc.dataset),
+        images=lambda wc: dataset_images(config, wc.dataset),
         device=config.get("device", "auto"),
     script:
         "../workflow/scripts/near_duplicates.py"

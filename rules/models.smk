@@ -5,11 +5,12 @@
 
 
 rule import_model:
-    """The model folder as the workflow's own files: safetensors weights and a JSON config
-    with the scheduler mapped onto the noise process (pickled weights are never read).
+    """The model folder as the workflow's own files: safetensors weights, loaded strictly, and a
+    JSON config with the scheduler mapped onto the noise process (nothing is unpickled). Every
+    file it reads is an input: editing one re-runs the import and what follows.
     """
     input:
-        weights=lambda wc: MODELS[wc.name]["weights"],
+        files=lambda wc: MODELS[wc.name]["files"],
     output:
         weights="results/models/{name}/model/model.safetensors",
         config="results/models/{name}/model/model_config.json",
@@ -35,7 +36,9 @@ rule import_images:
     conda:
         CONDA_ENV
     params:
-        # the entry's images are the data: changing where they are re-reads them
+        # the entry's images are the data: changing where they are, or any image there
+        # (a digest of every file's path, size and modification time), re-reads them
+        images=lambda wc: MODELS[wc.name]["images_digest"],
         train=lambda wc: config["models"][wc.name]["train"],
         heldout=lambda wc: config["models"][wc.name].get("heldout"),
         resize=lambda wc: config["models"][wc.name].get("resize", True),

@@ -69,29 +69,47 @@ def local_env() -> dict:
     return dict(os.environ, PATH=f"{stub}{os.pathsep}{os.environ.get('PATH', '')}")
 
 
+GUARD = ROOT / "tests" / "guard"  # a sitecustomize that makes every unpickling call raise
+
+
 def snakemake(workdir: Path, *args: str, config: Path | None = None, check: bool = True,
-              timeout: int = 600) -> subprocess.CompletedProcess:
+              timeout: int = 600, guard_log: Path | None = None) -> subprocess.CompletedProcess:
+    """``snakemake --cores 2`` in ``workdir``; with ``guard_log`` every process it starts runs
+    under tests/guard/sitecustomize.py, which logs there (see that file)."""
     cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--workflow-profile", "none",
            *args]
     if config is not None:  # last: --configfile takes several values and would eat targets
         cmd += ["--configfile", str(config)]
+    env = local_env()
+    if guard_log is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(GUARD), env.get("PYTHONPATH")) if p)
+        env["DIFFMEM_GUARD_LOG"] = str(guard_log)
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True,
-                          timeout=timeout, env=local_env())
+                          timeout=timeout, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 
 @pytest.fixture(scope="session")
-def finished(tmp_path_factory, data_root):
+def own_model(tmp_path_factory, data_root) -> dict:
+    """A model the user already has (trained until it copies 4 PNGs), with its PNG folders;
+    tests that change it work on a copy."""
+    from .own_model import make_own_model
+
+    return make_own_model(tmp_path_factory.mktemp("own"), data_root)
+
+
+@pytest.fixture(scope="session")
+def finished(tmp_path_factory, data_root, own_model):
     """One complete local run of the test config, shared by the workflow and SLURM tests."""
-    from .own_model import make_own_model, write_pngs
+    from .own_model import write_pngs
 
     wf = workflow_copy(tmp_path_factory.mktemp("run"))
     cfg = yaml.safe_load(TEST_CONFIG.read_text())
     cfg["data_root"] = str(data_root)
     # a model the user already has (trained until it copies), audited through `models:`
-    own = make_own_model(tmp_path_factory.mktemp("own"), data_root)
+    own = own_model
     cfg["models"] = {"own": {**own, "sample": {"sampler": "ddpm", "steps": 100}}}
     # the same model with no held-out images: its 4 training PNGs and the 40 others all given
     # as training images, so the audit runs without a null
@@ -106,5 +124,8 @@ def finished(tmp_path_factory, data_root):
                                           "heldout": str(site / "heldout")}]
     cfg["train_sizes"] = {"breastmnist": cfg["train_sizes"], "site": ["all"]}
     (wf / "test.yaml").write_text(yaml.safe_dump(cfg))
-    snakemake(wf, config=wf / "test.yaml")
+    # every job runs with unpickling made to raise (and logged): nothing a user gave, and
+    # nothing else, is unpickled in the audit
+    proc = snakemake(wf, config=wf / "test.yaml", guard_log=wf / "guard.log")
+    (wf / "run.log").write_text(proc.stdout + proc.stderr)
     return wf

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from diffmem.diffusion.pretrained import diffusion_from_scheduler, inspect_model_folder
 from diffmem.diffusion.process import NoiseProcess
@@ -100,3 +102,135 @@ def test_trained_betas_map_onto_the_process():
     process = NoiseProcess.from_config(d)
     acp = np.cumprod(1 - np.array(betas))
     np.testing.assert_allclose(process.alphas_cumprod().numpy(), acp, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- read strictly
+def refused(fn, *args, match: str):
+    """fn(*args) raises one line containing ``match``."""
+    with pytest.raises(ModelFolderError) as err:
+        fn(*args)
+    msg = str(err.value)
+    assert "\n" not in msg and match in msg, msg
+    return msg
+
+
+def test_a_shard_index_naming_a_pickle_is_refused_before_anything_is_read(pipeline_dir):
+    """The attack that worked: a valid safetensors file plus an index whose shard is a
+    torch.save'd .bin (diffusers followed the index and unpickled it)."""
+    unet = pipeline_dir / "unet"
+    torch.save({"conv_in.weight": torch.zeros(1)}, unet / "w.bin")
+    (unet / "diffusion_pytorch_model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": {"conv_in.weight": "w.bin"}}))
+    refused(inspect_model_folder, pipeline_dir,
+            match="names the shard w.bin, which is not safetensors; diffmem never unpickles")
+    (unet / "w.bin").unlink()
+    (unet / "diffusion_pytorch_model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"conv_in.weight": "w.safetensors"}}))
+    save_file({"conv_in.weight": torch.zeros(1)}, str(unet / "w.safetensors"))
+    refused(inspect_model_folder, pipeline_dir, match="which weights are the model's is ambiguous")
+
+
+def test_sharded_safetensors_are_all_read_and_give_the_same_model(pipeline_dir, tmp_path):
+    from diffmem.diffusion.pretrained import load_pretrained
+
+    unet = pipeline_dir / "unet"
+    state = load_file(str(unet / "diffusion_pytorch_model.safetensors"))
+    keys = sorted(state)
+    shards = {"a.safetensors": keys[: len(keys) // 2], "b.safetensors": keys[len(keys) // 2:]}
+    for name, ks in shards.items():
+        save_file({k: state[k] for k in ks}, str(unet / name))
+    (unet / "diffusion_pytorch_model.safetensors").unlink()
+    (unet / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {k: name for name, ks in shards.items() for k in ks}}))
+    info = inspect_model_folder(pipeline_dir)
+    assert [p.name for p in info["weights"]] == ["a.safetensors", "b.safetensors"]
+    model, _ = load_pretrained(pipeline_dir)
+    for k, v in state.items():
+        torch.testing.assert_close(model.state_dict()[k], v)
+
+
+@pytest.mark.parametrize("keep,match", [
+    ("none", "holds no tensor"),  # save_file({}, ...): diffusers made a random model of it
+    ("half", "tensors "),
+])
+def test_empty_and_half_empty_weights_are_refused(pipeline_dir, keep, match):
+    from diffmem.diffusion.pretrained import load_pretrained
+
+    path = pipeline_dir / "unet/diffusion_pytorch_model.safetensors"
+    state = load_file(str(path))
+    kept = {} if keep == "none" else dict(sorted(state.items())[: len(state) // 2])
+    save_file(kept, str(path))
+    if keep == "none":  # visible in the header: before any job
+        refused(inspect_model_folder, pipeline_dir, match=match)
+        return
+    inspect_model_folder(pipeline_dir)  # the header is a valid file; the U-Net decides
+    msg = refused(load_pretrained, pipeline_dir, match="the weights do not match the U-Net")
+    assert f"{len(state) - len(kept)} missing (" in msg
+
+
+def test_unexpected_mis_shaped_and_non_finite_tensors_are_refused(pipeline_dir):
+    from diffmem.diffusion.pretrained import load_pretrained
+
+    path = pipeline_dir / "unet/diffusion_pytorch_model.safetensors"
+    state = load_file(str(path))
+    save_file({**state, "extra.weight": torch.zeros(2)}, str(path))
+    refused(load_pretrained, pipeline_dir, match="1 unexpected (extra.weight)")
+    save_file({**state, "conv_in.weight": torch.zeros(3, 3)}, str(path))
+    refused(load_pretrained, pipeline_dir, match="1 mis-shaped, file vs config (conv_in.weight")
+    nan = state["conv_in.weight"].clone()
+    nan[0] = float("nan")
+    save_file({**state, "conv_in.weight": nan}, str(path))
+    refused(load_pretrained, pipeline_dir, match="hold NaN or infinite values (conv_in.weight)")
+
+
+@pytest.mark.parametrize("corrupt,match", [
+    (lambda b: np.random.default_rng(0).bytes(5000), "header claims"),
+    (lambda b: b[: len(b) // 2], "is truncated or padded"),
+    (lambda b: (2**62).to_bytes(8, "little") + b[8:], "header claims 4611686018427387904 bytes"),
+    (lambda b: b[:5], "shorter than the 8-byte header length"),
+    (lambda b: (10).to_bytes(8, "little") + b"not json!!" + b[18:], "header is not JSON"),
+])
+def test_corrupt_weights_get_one_line_before_any_job(pipeline_dir, corrupt, match):
+    path = pipeline_dir / "unet/diffusion_pytorch_model.safetensors"
+    path.write_bytes(corrupt(path.read_bytes()))
+    refused(inspect_model_folder, pipeline_dir, match=match)
+
+
+@pytest.mark.parametrize("where,change,match", [
+    ("scheduler", {"beta_end": 2.0}, "beta_end = 2.0 is invalid: expected a number above 0"),
+    ("scheduler", {"beta_start": -1e-4}, "beta_start = -0.0001 is invalid"),
+    ("scheduler", {"beta_end": float("inf")}, "beta_end = inf is invalid: expected a finite"),
+    ("scheduler", {"beta_end": float("nan")}, "beta_end = nan is invalid: expected a finite"),
+    ("scheduler", {"num_train_timesteps": "many"},
+     "num_train_timesteps = 'many' is invalid: expected an integer from 2"),
+    ("scheduler", {"beta_start": "abc"}, "beta_start = 'abc' is invalid"),
+    ("scheduler", {"trained_betas": [0.1, 0.2]}, "trained_betas has 2 values for"),
+    ("unet", {"sample_size": 100000}, "sample_size = 100000 is invalid"),
+    ("unet", {"block_out_channels": [8, 40000]},
+     "block_out_channels[1] = 40000 is invalid: expected an integer from 1 to 2048"),
+    ("unet", {"down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"]},
+     "down_block_types[0] = 'CrossAttnDownBlock2D' is invalid: expected one of"),
+    ("unet", {"class_embed_type": "timestep"}, "class_embed_type = 'timestep' is invalid"),
+    ("unet", {"norm_num_groups": 3}, "norm_num_groups 3 does not divide"),
+])
+def test_numbers_in_the_users_json_are_checked(pipeline_dir, where, change, match):
+    path = pipeline_dir / ("scheduler/scheduler_config.json" if where == "scheduler" else
+                           "unet/config.json")
+    cfg = json.loads(path.read_text()) | change
+    path.write_text(json.dumps(cfg))  # json writes NaN and Infinity, as a user's tool may
+    msg = refused(inspect_model_folder, pipeline_dir, match=match)
+    assert str(path) in msg
+
+
+def test_a_json_list_instead_of_an_object_names_the_file(pipeline_dir):
+    path = pipeline_dir / "scheduler/scheduler_config.json"
+    path.write_text("[1, 2]")
+    refused(inspect_model_folder, pipeline_dir,
+            match=f"{path} holds a JSON list; expected an object")
+
+
+def test_every_file_the_import_reads_is_listed(pipeline_dir):
+    files = {Path(f).relative_to(pipeline_dir).as_posix()
+             for f in inspect_model_folder(pipeline_dir)["files"]}
+    assert files == {"model_index.json", "unet/config.json", "scheduler/scheduler_config.json",
+                     "unet/diffusion_pytorch_model.safetensors"}

@@ -132,11 +132,13 @@ def test_a_models_entry_is_checked_before_any_job(test_cfg, pipeline_dir, pngs):
     refused(lambda m: m.update(heldout=str(folder / "none")),
             "config error at models.m.heldout: image folder not found")
     # 6 held-out images cannot set bands at quantile 0.99 with 5 above the edge
-    refused(lambda m: m.update(heldout=str(folder)),
+    few = folder.parent / "few"
+    write_pngs(np.random.default_rng(2).integers(0, 256, (6, 28, 28), dtype=np.uint8), few, "f")
+    refused(lambda m: m.update(heldout=str(few)),
             "config error at models.m.heldout: 6 images cannot calibrate the similarity bands; "
             "expected at least 10")
     c = copy.deepcopy(cfg)
-    c["models"]["m"]["heldout"] = str(folder)
+    c["models"]["m"]["heldout"] = str(few)
     c["scoring"]["fixed_bands"] = [0.5, 0.8, 0.95]
     check_config(c, SCHEMA)
     # no held-out images is allowed (the audit runs without a null), but the bands then come
@@ -146,7 +148,7 @@ def test_a_models_entry_is_checked_before_any_job(test_cfg, pipeline_dir, pngs):
             "the 6 training images themselves; expected at least 10")
     c = copy.deepcopy(cfg)
     c["models"]["m"].pop("heldout")
-    c["models"]["m"]["train"] = str(folder.parent)  # 18 images
+    c["models"]["m"]["train"] = str(folder.parent)  # 24 images
     c["models"]["m"]["boundary_images"] = []
     check_config(c, SCHEMA)
     refused(lambda m: m.update(sample={"steps": 51}),
@@ -159,8 +161,11 @@ def test_a_models_entry_is_checked_before_any_job(test_cfg, pipeline_dir, pngs):
 
 def test_dataset_names_must_be_free_and_sizes_fit(test_cfg, pngs):
     folder, _ = pngs
+    heldout = folder.parent / "heldout"
+    write_pngs(np.random.default_rng(1).integers(0, 256, (4, 28, 28), dtype=np.uint8),
+               heldout, "h")
     cfg = copy.deepcopy(test_cfg)
-    cfg["datasets"] = [{"name": "site", "train": str(folder), "heldout": str(folder)}]
+    cfg["datasets"] = [{"name": "site", "train": str(folder), "heldout": str(heldout)}]
     cfg["train_sizes"] = ["all"]
     assert runs(check_config(copy.deepcopy(cfg), SCHEMA)) == [("site", 6, 0)]
     cfg["train_sizes"] = [7]
@@ -196,3 +201,85 @@ def test_random_flip_makes_mirrored_held_out_images_twins(tmp_path, caplog):
     assert write_near_duplicates(**kw, mirror=True)["heldout_images_sharing_a_group_with_train"] \
         == 2
     assert "2 of 5 held-out images are near-duplicates of training images" in caplog.text
+
+
+# ----------------------------------------------------------------------------- read strictly
+def test_symlinked_subfolders_are_followed_once_and_broken_links_refused(pngs, tmp_path):
+    import os
+
+    from diffmem.data.images import check_images, list_image_files
+
+    folder, images = pngs
+    outside = tmp_path / "elsewhere"
+    write_pngs(images[:2], outside, "o")
+    os.symlink(outside, folder / "linked")  # images in a symlinked subfolder: read
+    os.symlink(folder, folder / "part0" / "loop")  # a link back up the tree: read once
+    names = [p.relative_to(folder).as_posix() for p in list_image_files(folder)]
+    assert len(names) == 8 and "linked/part0/o00.png" in names
+    assert not any("loop" in n for n in names)
+    assert check_images(folder, size=28)["count"] == 8
+    os.symlink(tmp_path / "gone.png", folder / "part1" / "x99.png")
+    with pytest.raises(DataError, match="x99.png is a broken link; expected an image file"):
+        list_image_files(folder)
+
+
+def test_image_headers_are_checked_before_any_job(pngs, tmp_path):
+    from diffmem.data.images import check_images
+
+    folder, _ = pngs
+    first = check_images(folder, size=28)
+    assert first["count"] == 6 and first == check_images(folder, size=28)
+    with pytest.raises(DataError, match="x00.png is 28x28; the model takes 16x16"):
+        check_images(folder, size=16, resize=False)
+    (folder / "part1" / "bad.png").write_bytes(b"not an image at all")
+    with pytest.raises(DataError, match="cannot read image .*bad.png"):
+        check_images(folder, size=28)
+    (folder / "part1" / "bad.png").unlink()
+    # replacing an image (same name) changes the digest: the import is re-run
+    write_pngs(np.zeros((1, 28, 28), np.uint8), folder, "x")
+    assert check_images(folder, size=28)["digest"] != first["digest"]
+
+
+def test_held_out_images_that_are_the_training_images_are_refused(test_cfg, pipeline_dir,  # noqa: F811
+                                                                  pngs, tmp_path):
+    import shutil
+
+    folder, _ = pngs
+    copy_ = tmp_path / "copy"
+    shutil.copytree(folder, copy_)
+    cfg = copy.deepcopy(test_cfg)
+    cfg["datasets"] = []
+    cfg["scoring"]["fixed_bands"] = [0.5, 0.8, 0.95]
+    for heldout in (folder, copy_):
+        cfg["models"] = {"m": {"folder": str(pipeline_dir), "train": str(folder),
+                               "heldout": str(heldout)}}
+        with pytest.raises(ConfigError, match="config error at models.m.heldout: .* holds the "
+                                              "same images as train"):
+            check_config(copy.deepcopy(cfg), SCHEMA)
+
+
+def test_results_are_written_with_the_users_umask(tmp_path):
+    import os
+    import stat
+
+    from diffmem.io import save_json
+
+    old = os.umask(0o022)
+    try:
+        save_json(tmp_path / "a.json", {"x": 1})
+        os.umask(0o077)
+        save_json(tmp_path / "b.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o600
+
+
+def test_the_workflows_own_weights_with_nan_are_refused(tmp_path):
+    import torch
+
+    from diffmem.io import load_safetensors, save_safetensors
+
+    save_safetensors(tmp_path / "w.safetensors", {"a": torch.tensor([1.0, float("nan")])})
+    with pytest.raises(DataError, match="1 tensors hold NaN or infinite values \\(a\\)"):
+        load_safetensors(tmp_path / "w.safetensors")

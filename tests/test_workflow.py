@@ -127,6 +127,16 @@ def test_every_output_and_the_report(finished):
     assert not (finished / RUN / "checkpoints").exists()
 
 
+def test_no_job_of_the_run_unpickles_anything(finished):
+    """Every job of the shared run ran under tests/guard/sitecustomize.py, where torch.load,
+    pickle.load, pickle.Unpickler and numpy.load(allow_pickle=True) raise; none called them."""
+    log = (finished / "guard.log").read_text().splitlines()
+    jobs = re.findall(r"(\d+) of \1 steps \(100%\) done", (finished / "run.log").read_text())
+    scripts = [line for line in log if line.startswith("active") and ".snakemake/scripts/" in line]
+    assert jobs and len(scripts) >= int(jobs[-1]) - 1, (len(scripts), jobs)  # all but `all`
+    assert not [line for line in log if line.startswith("ATTEMPT")], log
+
+
 def test_an_imported_model_is_audited_and_found_to_copy(finished):
     """The user's own diffusers model (trained until it copies 4 PNGs) through `models:`."""
     run = finished / "results/models/own"
@@ -222,6 +232,39 @@ def test_pickled_only_model_is_refused_before_any_job(tmp_path):
     assert "diffusion_pytorch_model.bin is pickled and diffmem never unpickles" in line
     assert "save_pretrained(dir, safe_serialization=True)" in line
     assert not (wf / "results").exists()
+
+
+def test_editing_an_imported_model_or_its_images_reruns_the_import(tmp_path, own_model):
+    """A model's files are inputs of import_model and a digest of its images is a param of
+    import_images: an edit re-runs the import and what follows; a bad number stops it before
+    any job, with one line."""
+    import shutil
+    from pathlib import Path
+
+    from .own_model import write_pngs
+
+    own = tmp_path / "own"
+    shutil.copytree(Path(own_model["folder"]).parent, own)
+    wf = workflow_copy(tmp_path)
+    cfg = yaml.safe_load(TEST_CONFIG.read_text())
+    cfg["datasets"] = []
+    cfg["models"] = {"own": {"folder": str(own / "model"), "train": str(own / "train"),
+                             "heldout": str(own / "heldout")}}
+    (wf / "c.yaml").write_text(yaml.safe_dump(cfg))
+    targets = ["results/models/own/model/model_config.json",
+               "results/models/own/near_duplicates.json"]
+    snakemake(wf, *targets, config=wf / "c.yaml")
+    sched = own / "model/scheduler/scheduler_config.json"
+    sched.write_text(json.dumps(json.loads(sched.read_text()) | {"prediction_type":
+                                                                 "v_prediction"}))
+    write_pngs(np.full((1, 28, 28), 90, np.uint8), own / "train", "tr")  # replaces tr00.png
+    jobs = scheduled(snakemake(wf, "-n", *targets, config=wf / "c.yaml"))
+    assert jobs == {"import_model": 1, "import_images": 1, "model_duplicates": 1}, jobs
+    sched.write_text(json.dumps(json.loads(sched.read_text()) | {"beta_end": float("nan")}))
+    proc = snakemake(wf, *targets, config=wf / "c.yaml", check=False)
+    assert proc.returncode != 0 and "localrule" not in proc.stdout + proc.stderr
+    line = next(x for x in proc.stderr.splitlines() if "config error at models.own" in x)
+    assert f"{sched}: beta_end = nan is invalid: expected a finite number" in line
 
 
 def test_dry_run_after_a_finished_run_schedules_nothing(finished):

@@ -1,8 +1,11 @@
 """File helpers: deterministic ``.npz``, atomic writes, safetensors, JSON.
 
 Every writer goes through a temporary file in the destination folder and ``os.replace``, so a
-crash never leaves a file that looks finished. Archives carry a fixed timestamp so that the same
-arrays give byte-identical files (Snakemake's caching and the determinism tests rely on it).
+crash never leaves a file that looks finished; the finished file gets the mode a plain ``open``
+would give it under the user's umask (``mkstemp``'s temporary is 0600), so colleagues on a
+shared cluster can read the results when the umask lets them. Archives carry a fixed timestamp
+so that the same arrays give byte-identical files (Snakemake's caching and the determinism tests
+rely on it).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import DataError
+
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
@@ -30,9 +35,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; put it back at once
+    os.umask(mask)
+    return mask
 
 
 def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
@@ -80,7 +92,8 @@ def save_safetensors(path: str | os.PathLike, tensors: Mapping, metadata: Mappin
 
 
 def load_safetensors(path: str | os.PathLike, device: str = "cpu"):
-    """Load tensors and metadata from a safetensors file (no pickle involved)."""
+    """Load tensors and metadata from a safetensors file (no pickle involved); a tensor holding
+    NaN or infinity is refused with one line naming it (a model with one samples noise)."""
     from safetensors import safe_open
 
     out = {}
@@ -88,6 +101,10 @@ def load_safetensors(path: str | os.PathLike, device: str = "cpu"):
         meta = f.metadata() or {}
         for k in f.keys():
             out[k] = f.get_tensor(k)
+    bad = [k for k, v in out.items() if v.is_floating_point() and not v.isfinite().all()]
+    if bad:
+        raise DataError(f"{path}: {len(bad)} tensors hold NaN or infinite values "
+                        f"({', '.join(bad[:3])}); expected finite weights")
     return out, meta
 
 

@@ -7,6 +7,11 @@ to the model's size and the centre cropped (``resize: true``, the diffusers trai
 scaled to 8 bits (the workflow's pixels are uint8 everywhere). Every problem is one
 :class:`~diffmem.errors.DataError` line naming the file.
 
+Folders are searched recursively, symlinked subfolders included (each real folder once, so a
+link back up the tree ends there); a broken link to an image is refused, never skipped.
+:func:`check_images` reads every image's header when the DAG is built and gives a digest of
+what a source holds (every file's relative path, size and modification time), a param of the
+jobs that read it, so replacing an image re-runs them and an unchanged folder re-runs nothing.
 
 :func:`dataset_arrays` gives any dataset (a MedMNIST file or your own images) the MedMNIST
 layout the stages read.
@@ -14,6 +19,9 @@ layout the stages read.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -24,17 +32,91 @@ from .medmnist import load_medmnist, locate_medmnist
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 
+# PIL modes read_images converts to grey or RGB
+MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "I", "I;16", "I;16B",
+         "I;16L")
+
+
 def list_image_files(folder: str | Path) -> list[Path]:
-    """PNG/JPEG files under ``folder`` (recursively), in a fixed order: sorted relative paths."""
+    """PNG/JPEG files under ``folder`` (recursively, following symlinked subfolders, each real
+    folder once), in a fixed order: sorted relative paths."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise DataError(f"image folder not found: {folder}")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and
-                   p.suffix.lower() in EXTENSIONS and not p.name.startswith("."))
+    files, seen = [], set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:  # a loop, or a second link to a folder already read
+            dirs.clear()
+            continue
+        seen.add(real)
+        dirs.sort()
+        for name in names:
+            path = Path(root) / name
+            if path.suffix.lower() not in EXTENSIONS or name.startswith("."):
+                continue
+            if not path.exists():
+                raise DataError(f"{path} is a broken link; expected an image file")
+            if path.is_file():
+                files.append(path)
     if not files:
         raise DataError(f"no PNG/JPEG images in {folder} (searched recursively for "
                         f"{', '.join(EXTENSIONS)})")
-    return files
+    return sorted(files)
+
+
+def check_images(source: str | Path, *, size: int, resize: bool = True) -> dict:
+    """Every image of a source checked from its header before any job (it opens, its mode is
+    one read_images converts, and with ``resize`` false it has the model's size); returns its
+    ``count`` and the ``digest`` of what it holds (see the module docstring)."""
+    path = Path(source).expanduser()
+    if path.suffix == ".npz":
+        images = _npz_images(path)
+        if not resize and images.shape[1:3] != (size, size):
+            raise DataError(f"{path}: images are {images.shape[2]}x{images.shape[1]}; the model "
+                            f"takes {size}x{size} (set resize: true to resize the shorter side "
+                            f"and crop the centre)")
+        st = path.stat()
+        return {"count": int(len(images)),
+                "digest": _digest([[path.name, st.st_size, st.st_mtime_ns]])}
+    from PIL import Image
+
+    rows = []
+    for f in list_image_files(path):
+        try:
+            with Image.open(f) as img:  # the header only: no pixel is decoded here
+                mode, (w, h) = img.mode, img.size
+        except Exception as err:
+            raise DataError(f"cannot read image {f} ({err})") from None
+        if mode not in MODES:
+            raise DataError(f"{f} has PIL mode {mode!r}; expected one of {', '.join(MODES)}")
+        if not resize and (w, h) != (size, size):
+            raise DataError(f"{f} is {w}x{h}; the model takes {size}x{size} (set resize: true "
+                            f"to resize the shorter side and crop the centre)")
+        st = f.stat()
+        rows.append([f.relative_to(path).as_posix(), st.st_size, st.st_mtime_ns])
+    return {"count": len(rows), "digest": _digest(rows)}
+
+
+def _digest(rows) -> str:
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+
+def same_images(a: str | Path, b: str | Path) -> bool:
+    """Whether two sources are one set of images: the same resolved path, or the same file
+    contents (a copy of the training folder given as held-out images)."""
+    pa, pb = Path(a).expanduser().resolve(), Path(b).expanduser().resolve()
+    if pa == pb:
+        return True
+
+    def contents(p):
+        if p.suffix == ".npz":
+            return sorted([hashlib.sha256(x.tobytes()).hexdigest() for x in _npz_images(p)])
+        return sorted(hashlib.sha256(f.read_bytes()).hexdigest() for f in list_image_files(p))
+
+    if pa.is_dir() != pb.is_dir() or count_images(pa) != count_images(pb):
+        return False
+    return contents(pa) == contents(pb)
 
 
 def count_images(source: str | Path) -> int:

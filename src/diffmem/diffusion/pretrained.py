@@ -2,10 +2,21 @@
 
 Accepted: a ``DDPMPipeline`` / ``DDIMPipeline`` folder (``model_index.json``, ``unet/``,
 ``scheduler/``), or a ``UNet2DModel`` folder with a scheduler config beside it
-(``scheduler_config.json`` in it, or a ``scheduler/`` folder in it or next to it). Everything is
-read as plain JSON first, so an unsupported model gets one line naming what is unsupported, not
-a diffusers traceback; weights are read only from safetensors (diffusers' default would silently
-unpickle a ``.bin``).
+(``scheduler_config.json`` in it, or a ``scheduler/`` folder in it or next to it).
+
+What the audit loads is exactly what the folder holds, and nothing a user gives is unpickled:
+
+* :func:`inspect_model_folder` runs when the DAG is built and reads only JSON and bytes: the U-Net
+  and scheduler configs against the schemas below (types and stated bounds; no NaN or infinity
+  anywhere), and every weights file's safetensors header (:func:`read_safetensors_header`: its
+  length, dtypes, offsets against the file size, at least one tensor). A folder of pickled
+  weights (``.bin``, ``.pt``, …), a shard index naming a file that is not safetensors, a
+  corrupt or truncated file: one line naming the file and what is expected, before any job.
+* :func:`load_pretrained` (the ``import_model`` job) reads the tensors with ``safetensors``
+  itself (never through diffusers' loaders, which fall back to ``torch.load`` for ``.bin``
+  shards) and loads them into the U-Net built from its config with ``strict=True``: a missing,
+  unexpected or mis-shaped tensor, or a non-finite value, fails the job with one line naming
+  the first few keys. A random model never passes for the user's.
 
 The scheduler's β schedule (linear, scaled_linear, squaredcos_cap_v2 or trained_betas), T and
 prediction type (ε or v) map onto :class:`diffmem.diffusion.process.NoiseProcess`, so sampling,
@@ -18,38 +29,326 @@ diffusers at module level.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from ..errors import ModelFolderError
 
 PIPELINES = ("DDPMPipeline", "DDIMPipeline")
-
-
 SCHEDULERS = ("DDPMScheduler", "DDIMScheduler")
-
-
 SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
-
-
 PICKLED = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-
-
 WEIGHTS = "diffusion_pytorch_model.safetensors"
+# safetensors' dtypes and their sizes in bytes (the format's specification)
+DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2,
+               "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the JSON header
+CONVERT = ("convert it once where you trust it: UNet2DModel.from_pretrained(dir)"
+           ".save_pretrained(dir, safe_serialization=True)")
+
+# the blocks diffusers' UNet2DModel builds without a conditioning input (cross-attention and
+# the latent encoder/decoder blocks need one, or are not a denoiser)
+DOWN_BLOCKS = ["DownBlock2D", "AttnDownBlock2D", "ResnetDownsampleBlock2D", "SkipDownBlock2D",
+               "AttnSkipDownBlock2D", "KDownBlock2D"]
+UP_BLOCKS = ["UpBlock2D", "AttnUpBlock2D", "ResnetUpsampleBlock2D", "SkipUpBlock2D",
+             "AttnSkipUpBlock2D", "KUpBlock2D"]
+_INT = {"type": "integer"}
+_CHANNELS = {"type": "integer", "minimum": 1, "maximum": 2048}
+UNET_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "sample_size": {"oneOf": [
+            {"type": "integer", "minimum": 2, "maximum": 1024},
+            {"type": "array", "items": {"type": "integer", "minimum": 2, "maximum": 1024},
+             "minItems": 2, "maxItems": 2}]},
+        "in_channels": {"type": "integer", "minimum": 1, "maximum": 4},
+        "out_channels": {"type": "integer", "minimum": 1, "maximum": 8},
+        "block_out_channels": {"type": "array", "items": _CHANNELS, "minItems": 1,
+                               "maxItems": 8},
+        "layers_per_block": {"type": "integer", "minimum": 1, "maximum": 16},
+        "down_block_types": {"type": "array", "items": {"enum": DOWN_BLOCKS}, "minItems": 1},
+        "up_block_types": {"type": "array", "items": {"enum": UP_BLOCKS}, "minItems": 1},
+        "mid_block_type": {"enum": ["UNetMidBlock2D", None]},
+        "norm_num_groups": _CHANNELS,
+        "attn_norm_num_groups": {"oneOf": [{"type": "null"}, _CHANNELS]},
+        "attention_head_dim": {"oneOf": [{"type": "null"}, _CHANNELS]},
+        "time_embedding_type": {"enum": ["positional", "fourier", "learned"]},
+        "time_embedding_dim": {"oneOf": [{"type": "null"},
+                                         {"type": "integer", "minimum": 1, "maximum": 8192}]},
+        "resnet_time_scale_shift": {"enum": ["default", "scale_shift"]},
+        "downsample_type": {"enum": ["conv", "resnet"]},
+        "upsample_type": {"enum": ["conv", "resnet"]},
+        "act_fn": {"enum": ["silu", "swish", "mish", "gelu", "relu"]},
+        "dropout": {"type": "number", "minimum": 0, "maximum": 1},
+        "norm_eps": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        "freq_shift": {"type": "number", "minimum": -1000, "maximum": 1000},
+        "mid_block_scale_factor": {"type": "number", "exclusiveMinimum": 0, "maximum": 100},
+        "downsample_padding": {"type": "integer", "minimum": 0, "maximum": 8},
+        "flip_sin_to_cos": {"type": "boolean"}, "center_input_sample": {"type": "boolean"},
+        "add_attention": {"type": "boolean"},
+        # a class-conditional U-Net is not an unconditional model
+        "class_embed_type": {"type": "null"}, "num_class_embeds": {"type": "null"},
+        "num_train_timesteps": {"oneOf": [{"type": "null"}, _INT]},
+    },
+}
+_BETA = {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}
+SCHEDULER_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "_class_name": {"type": "string"},
+        "num_train_timesteps": {"type": "integer", "minimum": 2, "maximum": 100_000},
+        "beta_start": _BETA, "beta_end": _BETA,
+        "beta_schedule": {"type": "string"},
+        "trained_betas": {"oneOf": [{"type": "null"},
+                                    {"type": "array", "items": _BETA, "minItems": 2}]},
+        "prediction_type": {"type": "string"},
+        "variance_type": {"oneOf": [{"type": "null"}, {"type": "string"}]},
+        "clip_sample": {"type": "boolean"},
+        "clip_sample_range": {"type": "number"},
+        "thresholding": {"type": "boolean"},
+        "rescale_betas_zero_snr": {"type": "boolean"},
+        "set_alpha_to_one": {"type": "boolean"},
+        "steps_offset": {"type": "integer", "minimum": 0},
+        "timestep_spacing": {"type": "string"},
+    },
+}
 
 
-def _json(path: Path) -> dict:
+def _json(path: Path, kind: str = "object"):
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ModelFolderError(f"cannot read {path} as JSON ({err})") from None
+    if kind == "object" and not isinstance(value, dict):
+        raise ModelFolderError(f"{path} holds a JSON {type(value).__name__}; expected an object "
+                               f"of settings")
+    return value
+
+
+def _finite(value, key: str = "") -> tuple[str, float] | None:
+    """(key, value) of the first setting that is NaN or infinite (JSON allows both; no setting of
+    a model may be one), or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return key or "<top level>", value
+    items = value.items() if isinstance(value, dict) else \
+        enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        bad = _finite(v, f"{key}[{k}]" if isinstance(k, int) else f"{key}.{k}".lstrip("."))
+        if bad:
+            return bad
+    return None
+
+
+def check_schema(cfg: dict, schema: dict, path: Path) -> None:
+    """One line naming the file, the key, the value and what is expected."""
+    import jsonschema
+
+    bad = _finite(cfg)
+    if bad:
+        raise ModelFolderError(f"{path}: {bad[0]} = {bad[1]} is invalid: expected a finite number")
+    best = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema)
+                                            .iter_errors(cfg))
+    if best is None:
+        return
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in best.absolute_path)
+    key = key.lstrip(".") or "<top level>"
+    node = schema
+    for p in best.absolute_path:  # the schema of the offending key, for a plain "expected"
+        if isinstance(p, int) and "oneOf" in node:
+            node = next((n for n in node["oneOf"] if n.get("type") == "array"), {})
+        node = node.get("items", {}) if isinstance(p, int) else \
+            node.get("properties", {}).get(p, {})
+    raise ModelFolderError(f"{path}: {key} = {best.instance!r} is invalid: "
+                           f"{_expected(node) or best.message}")
+
+
+def _expected(node: dict) -> str:
+    """What a schema node asks for, in words ("expected an integer from 1 to 2048")."""
+    if not isinstance(node, dict) or not node:
+        return ""
+    if "enum" in node:
+        return f"expected one of {node['enum']}"
+    if "oneOf" in node:
+        alts = [e.replace("expected ", "") for e in map(_expected, node["oneOf"]) if e]
+        return "expected " + " or ".join(alts) if alts else ""
+    kind = node.get("type")
+    if kind == "null":
+        return "expected null"
+    out = "expected " + {"integer": "an integer", "number": "a number", "array": "a list",
+                         "object": "an object"}.get(kind, f"a {kind}")
+    lo = node.get("minimum", node.get("exclusiveMinimum"))
+    hi = node.get("maximum", node.get("exclusiveMaximum"))
+    if lo is not None:
+        out += f" {'above' if 'exclusiveMinimum' in node else 'from'} {lo}"
+    if hi is not None:
+        out += f" {'and below' if 'exclusiveMaximum' in node else 'to'} {hi}"
+    if kind == "array" and node.get("items"):
+        out += f" of ({_expected(node['items']).replace('expected ', '')})"
+    return out
+
+
+def read_safetensors_header(path: Path) -> dict:
+    """The tensors a safetensors file declares, ``{name: {dtype, shape, data_offsets}}``, read as
+    bytes and JSON (no torch, nothing unpickled), after checking everything the format fixes:
+    an 8-byte little-endian header length of at most 100 MB, a JSON object of known dtypes and
+    shapes, data offsets that tile the data exactly (each tensor's bytes = its shape × its dtype
+    size) and end where the file ends, and at least one tensor."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else None
+            if n is None:
+                raise ModelFolderError(f"{path} is not a safetensors file: {size} bytes, shorter "
+                                       f"than the 8-byte header length")
+            if n > MAX_HEADER_BYTES:
+                raise ModelFolderError(f"{path} is not a safetensors file: its header claims "
+                                       f"{n} bytes; expected at most {MAX_HEADER_BYTES}")
+            if 8 + n > size:
+                raise ModelFolderError(f"{path} is truncated or not safetensors: its header "
+                                       f"claims {n} bytes but the file has {size - 8} after it")
+            raw = fh.read(n)
+    except OSError as err:
+        raise ModelFolderError(f"cannot read {path} ({err})") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ModelFolderError(f"{path} is not a safetensors file: its {n}-byte header is not "
+                               f"JSON") from None
+    if not isinstance(header, dict):
+        raise ModelFolderError(f"{path} is not a safetensors file: its header is a JSON "
+                               f"{type(header).__name__}, expected an object")
+    header.pop("__metadata__", None)
+    if not header:
+        raise ModelFolderError(f"{path} holds no tensor; expected the model's weights")
+    spans = []
+    for name, t in header.items():
+        where = f"{path}: tensor {name!r}"
+        if not isinstance(t, dict) or not {"dtype", "shape", "data_offsets"} <= set(t):
+            raise ModelFolderError(f"{where} is {t!r}; expected dtype, shape and data_offsets")
+        if t["dtype"] not in DTYPE_BYTES:
+            raise ModelFolderError(f"{where} has dtype {t['dtype']!r}; expected one of "
+                                   f"{sorted(DTYPE_BYTES)}")
+        shape, off = t["shape"], t["data_offsets"]
+        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+            raise ModelFolderError(f"{where} has shape {shape!r}; expected non-negative integers")
+        if not (isinstance(off, list) and len(off) == 2 and
+                all(isinstance(o, int) for o in off) and 0 <= off[0] <= off[1]):
+            raise ModelFolderError(f"{where} has data_offsets {off!r}; expected [begin, end]")
+        nbytes = math.prod(shape) * DTYPE_BYTES[t["dtype"]]
+        if off[1] - off[0] != nbytes:
+            raise ModelFolderError(f"{where} spans {off[1] - off[0]} bytes; its shape {shape} "
+                                   f"of {t['dtype']} needs {nbytes}")
+        spans.append((off[0], off[1], name))
+    end = 0
+    for begin, stop, name in sorted(spans):
+        if begin != end:
+            raise ModelFolderError(f"{path}: tensor {name!r} starts at byte {begin}, expected "
+                                   f"{end} (tensors must tile the data without gaps or overlap)")
+        end = stop
+    if 8 + n + end != size:
+        raise ModelFolderError(f"{path} is truncated or padded: its tensors end at byte "
+                               f"{8 + n + end} but the file has {size}")
+    return header
+
+
+def weight_files(unet_dir: Path) -> list[Path]:
+    """The safetensors files holding the U-Net: the one file, or every shard its index names
+    (each a safetensors file inside the folder). Anything that would be unpickled is refused."""
+    single = unet_dir / WEIGHTS
+    indexes = sorted(unet_dir.glob("diffusion_pytorch_model*.index.json"))
+    if indexes:
+        maps = {}
+        for index in indexes:
+            weight_map = _json(index).get("weight_map")
+            if not isinstance(weight_map, dict) or not weight_map or \
+                    not all(isinstance(v, str) for v in weight_map.values()):
+                raise ModelFolderError(f"{index}: weight_map is {weight_map!r}; expected an "
+                                       f"object of tensor name → shard file")
+            for shard in sorted(set(weight_map.values())):
+                if not shard.endswith(".safetensors"):
+                    raise ModelFolderError(f"{index} names the shard {shard}, which is not "
+                                           f"safetensors; diffmem never unpickles a user's "
+                                           f"file: {CONVERT}")
+            maps[index] = weight_map
+        if len(indexes) > 1 or single.exists():
+            found = [p.name for p in indexes] + ([single.name] if single.exists() else [])
+            raise ModelFolderError(f"{unet_dir} holds {', '.join(found)}: which weights are the "
+                                   f"model's is ambiguous; keep one file or one shard index")
+        weight_map = maps[indexes[0]]
+        shards = sorted(set(weight_map.values()))
+        for shard in shards:
+            if Path(shard).name != shard:
+                raise ModelFolderError(f"{indexes[0]} names the shard {shard!r}; expected a "
+                                       f"file name inside {unet_dir}")
+            if not (unet_dir / shard).is_file():
+                raise ModelFolderError(f"{indexes[0]} names the shard {shard}, which is not in "
+                                       f"{unet_dir}")
+        for shard in shards:
+            held = read_safetensors_header(unet_dir / shard)
+            missing = [k for k, v in weight_map.items() if v == shard and k not in held]
+            if missing:
+                raise ModelFolderError(f"{unet_dir / shard} lacks {len(missing)} tensors its "
+                                       f"index assigns to it ({', '.join(missing[:3])}, …)")
+        return [unet_dir / s for s in shards]
+    if single.exists():
+        read_safetensors_header(single)
+        return [single]
+    pickled = sorted(p.name for p in unet_dir.iterdir() if p.suffix in PICKLED)
+    if pickled:
+        raise ModelFolderError(f"{unet_dir / pickled[0]} is pickled and diffmem never unpickles "
+                               f"a user's file; {CONVERT}")
+    others = sorted(p.name for p in unet_dir.glob("*.safetensors"))
+    raise ModelFolderError(f"no {WEIGHTS} in {unet_dir}"
+                           + (f" (found {', '.join(others)}: variants are not read; keep the "
+                              f"one to audit under that name)" if others else ""))
+
+
+def check_unet_config(unet: dict, path: Path) -> None:
+    """The U-Net config against :data:`UNET_SCHEMA` and what diffusers needs of it together."""
+    if unet.get("_class_name") != "UNet2DModel":
+        raise ModelFolderError(f"{path} describes a {unet.get('_class_name')}; only the "
+                               f"unconditional UNet2DModel is supported")
+    check_schema(unet, UNET_SCHEMA, path)
+    blocks = unet.get("block_out_channels", [224, 448, 672, 896])
+    for key in ("down_block_types", "up_block_types"):
+        if key in unet and len(unet[key]) != len(blocks):
+            raise ModelFolderError(f"{path}: {key} has {len(unet[key])} blocks for "
+                                   f"{len(blocks)} block_out_channels; expected as many")
+    groups = unet.get("norm_num_groups", 32)
+    odd = [c for c in blocks if c % groups]
+    if odd:
+        raise ModelFolderError(f"{path}: norm_num_groups {groups} does not divide "
+                               f"block_out_channels {odd}")
+    size = unet.get("sample_size")
+    sizes = size if isinstance(size, list) else [size] if size else []
+    step = 2 ** (len(blocks) - 1)
+    if any(s % step for s in sizes):
+        raise ModelFolderError(f"{path}: sample_size {size} is not divisible by {step}, which "
+                               f"{len(blocks)} resolution levels need")
+
+
+def check_scheduler_config(cfg: dict, path: Path) -> None:
+    """The scheduler config against :data:`SCHEDULER_SCHEMA` (types; T ≥ 2; every β in (0, 1);
+    trained betas, one per step)."""
+    check_schema(cfg, SCHEDULER_SCHEMA, path)
+    betas = cfg.get("trained_betas")
+    T = cfg.get("num_train_timesteps", 1000)
+    if betas and len(betas) != T:
+        raise ModelFolderError(f"{path}: trained_betas has {len(betas)} values for "
+                               f"num_train_timesteps {T}; expected one per step")
 
 
 def inspect_model_folder(folder: str | Path) -> dict:
-    """Where the U-Net, its weights and the scheduler config are; refuse what is unsupported."""
+    """Where the U-Net, its weights and the scheduler config are, every file checked as JSON and
+    bytes; refuse what is unsupported. ``files`` lists every file the import reads (inputs of
+    ``import_model``, so an edit re-runs it)."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise ModelFolderError(f"model folder not found: {folder}")
     index = folder / "model_index.json"
+    files = []
     if index.exists():
         cls = _json(index).get("_class_name")
         if cls not in PIPELINES:
@@ -58,6 +357,7 @@ def inspect_model_folder(folder: str | Path) -> dict:
                 f"models ({', '.join(PIPELINES)} or a UNet2DModel folder); conditional and "
                 f"latent pipelines are not supported")
         unet_dir, sched = folder / "unet", folder / "scheduler" / "scheduler_config.json"
+        files.append(index)
     else:
         unet_dir = folder
         candidates = [folder / "scheduler_config.json", folder / "scheduler" /
@@ -69,22 +369,15 @@ def inspect_model_folder(folder: str | Path) -> dict:
         raise ModelFolderError(f"{folder} holds no model_index.json and no {cfg_path.name}: "
                                f"expected a diffusers save_pretrained folder")
     unet = _json(cfg_path)
-    if unet.get("_class_name") != "UNet2DModel":
-        raise ModelFolderError(f"{cfg_path} describes a {unet.get('_class_name')}; only the "
-                               f"unconditional UNet2DModel is supported")
-    weights = unet_dir / WEIGHTS
-    if not weights.exists():
-        pickled = sorted(p.name for p in unet_dir.iterdir() if p.suffix in PICKLED)
-        if pickled:
-            raise ModelFolderError(
-                f"{unet_dir / pickled[0]} is pickled and diffmem never unpickles a user's file; "
-                f"convert it once where you trust it: UNet2DModel.from_pretrained(dir)"
-                f".save_pretrained(dir, safe_serialization=True)")
-        raise ModelFolderError(f"no {WEIGHTS} in {unet_dir}")
+    check_unet_config(unet, cfg_path)
+    weights = weight_files(unet_dir)
     if not sched.exists():
         raise ModelFolderError(f"no scheduler config for {folder}: expected {sched}")
-    return {"unet_dir": unet_dir, "weights": weights, "unet": unet,
-            "scheduler": _json(sched), "scheduler_path": sched}
+    scheduler = _json(sched)
+    check_scheduler_config(scheduler, sched)
+    files += [cfg_path, *weights, sched]
+    return {"unet_dir": unet_dir, "weights": weights, "unet": unet, "scheduler": scheduler,
+            "scheduler_path": sched, "files": [str(f) for f in files]}
 
 
 def diffusion_from_scheduler(cfg: dict, where: str = "scheduler") -> dict:
@@ -124,9 +417,45 @@ def diffusion_from_scheduler(cfg: dict, where: str = "scheduler") -> dict:
             "prediction_type": pred}
 
 
+def load_state(files: list[Path]) -> dict:
+    """Every tensor of the safetensors files, read with safetensors itself (no pickle); a tensor
+    name in two files, or a non-finite value, is refused."""
+    from safetensors import safe_open
+
+    state = {}
+    for f in files:
+        with safe_open(str(f), framework="pt", device="cpu") as fh:
+            for k in fh.keys():
+                if k in state:
+                    raise ModelFolderError(f"{f}: tensor {k!r} is in two weight files")
+                state[k] = fh.get_tensor(k)
+    bad = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
+    if bad:
+        raise ModelFolderError(f"{files[0].parent}: {len(bad)} tensors hold NaN or infinite "
+                               f"values ({', '.join(bad[:3])}); a model with them samples noise")
+    return state
+
+
+def strict_load(model, state: dict, where: str) -> None:
+    """``load_state_dict(strict=True)``, with one line naming the first few keys that do not
+    match instead of torch's multi-line report."""
+    want = model.state_dict()
+    missing = [k for k in want if k not in state]
+    unexpected = [k for k in state if k not in want]
+    shaped = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in want.items()
+              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    problems = [f"{len(items)} {what} ({', '.join(items[:3])}{', …' if len(items) > 3 else ''})"
+                for what, items in (("missing", missing), ("unexpected", unexpected),
+                                    ("mis-shaped, file vs config", shaped)) if items]
+    if problems:
+        raise ModelFolderError(f"{where}: the weights do not match the U-Net its config "
+                               f"describes: tensors {'; '.join(problems)}")
+    model.load_state_dict(state, strict=True)
+
+
 def load_pretrained(folder: str | Path):
-    """The folder's U-Net (read from safetensors) and the settings that go with it: the mapped
-    noise process and where it came from."""
+    """The folder's U-Net, built from its config and loaded strictly from safetensors, and the
+    settings that go with it: the mapped noise process and where it came from."""
     from diffusers import UNet2DModel
 
     from .process import NoiseProcess  # torch: not at module level (see the module docstring)
@@ -134,11 +463,12 @@ def load_pretrained(folder: str | Path):
     info = inspect_model_folder(folder)
     diffusion = diffusion_from_scheduler(info["scheduler"], str(info["scheduler_path"]))
     NoiseProcess.from_config(diffusion)  # every setting it cannot hold fails here
-    model = UNet2DModel.from_pretrained(str(info["unet_dir"]), use_safetensors=True,
-                                        local_files_only=True)
+    config = {k: v for k, v in info["unet"].items() if not k.startswith("_")}
+    model = UNet2DModel.from_config(config)
+    strict_load(model, load_state(info["weights"]), str(info["unet_dir"]))
     ignored = {k: info["scheduler"][k] for k in ("timestep_spacing", "steps_offset",
                                                   "set_alpha_to_one") if k in info["scheduler"]}
     extra = {"diffusion": diffusion, "source": {"folder": str(Path(folder).resolve()),
                                                 "scheduler": info["scheduler"].get("_class_name"),
                                                 "inference_settings_not_used": ignored}}
-    return model, extra
+    return model.eval(), extra

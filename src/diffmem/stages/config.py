@@ -1,4 +1,6 @@
-"""Configuration checks that run before any job: the JSON schema, then cross-field rules.
+"""Configuration checks that run before any job: the JSON schema, then cross-field rules, then
+what the config points at (a user's model folders and images, read as JSON, bytes and image
+headers: nothing here imports torch or diffusers).
 
 Every problem becomes one :class:`ConfigError` line that names the key, the bad value and what
 is expected.
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from ..data.images import count_images, list_image_files
+from ..data.images import check_images, count_images, list_image_files, same_images
 from ..data.medmnist import max_train_size, medmnist_info
 from ..diffusion.pretrained import diffusion_from_scheduler, inspect_model_folder
 from ..errors import ConfigError, DataError, ModelFolderError
@@ -84,6 +86,7 @@ def check_config(config: dict, schema_path: str | Path) -> dict:
     import jsonschema
     from snakemake.utils import validate
 
+    _IMAGES.clear()  # images may have changed since the last check
     coerce_cli_strings(config, yaml.safe_load(Path(schema_path).read_text()))
     try:
         validate(config, str(schema_path))
@@ -106,6 +109,27 @@ def check_config(config: dict, schema_path: str | Path) -> dict:
     return config
 
 
+_IMAGES: dict = {}  # check_images per source, once per DAG build (check_config empties it)
+
+
+def images_of(source: str, size: int, resize: bool) -> dict:
+    """:func:`~diffmem.data.images.check_images` of a source, once per DAG build."""
+    key = (str(source), int(size), bool(resize))
+    if key not in _IMAGES:
+        _IMAGES[key] = check_images(source, size=size, resize=resize)
+    return _IMAGES[key]
+
+
+def dataset_images(config: dict, name: str) -> dict | None:
+    """The digests of a dataset entry's training and held-out images (a param of the jobs that
+    read them, so replacing an image re-runs them); None for a MedMNIST flag."""
+    entry = dataset_entry(config, name)
+    if entry is None:
+        return None
+    return {key: images_of(entry[key], config["image_size"], entry.get("resize", True))["digest"]
+            for key in ("train", "heldout")}
+
+
 def _cross_checks(config: dict) -> None:
 
     names = dataset_names(config)
@@ -121,8 +145,13 @@ def _cross_checks(config: dict) -> None:
                     raise DataError(f"dataset name {entry['name']!r} is reserved (results/"
                                     f"{entry['name']}/ holds other outputs); choose another")
                 for key in ("train", "heldout"):
-                    if count_images(entry[key]) < 2:
+                    if images_of(entry[key], config["image_size"],
+                                 entry.get("resize", True))["count"] < 2:
                         raise DataError(f"{entry[key]}: expected at least 2 images")
+                if same_images(entry["train"], entry["heldout"]):
+                    raise DataError(f"heldout {entry['heldout']} holds the same images as train "
+                                    f"{entry['train']}; held-out images must be images the "
+                                    f"model never saw")
         except DataError as err:
             raise ConfigError(f"config error at datasets[{i}]: {err}") from None
     if len(set(names)) != len(names):
@@ -297,13 +326,18 @@ def model_info(config: dict, name: str) -> dict:
         raise ConfigError(f"config error at {where}.folder: a U-Net with {channels} input and "
                           f"{unet.get('out_channels')} output channels; expected 1 or 3 of each "
                           f"(grey or RGB images, ε or v prediction)")
-    counts = {}
+    counts, digests = {}, {}
     for key in ("train", "heldout"):
         if entry.get(key):
             try:
-                counts[key] = count_images(entry[key])
+                got = images_of(entry[key], size, entry.get("resize", True))
             except DataError as err:
                 raise ConfigError(f"config error at {where}.{key}: {err}") from None
+            counts[key], digests[key] = got["count"], got["digest"]
+    if "heldout" in counts and same_images(entry["train"], entry["heldout"]):
+        raise ConfigError(f"config error at {where}.heldout: {entry['heldout']} holds the same "
+                          f"images as train {entry['train']}; held-out images must be images "
+                          f"the model never saw (or leave heldout out to audit without a null)")
     if counts["train"] < 2:
         raise ConfigError(f"config error at {where}.train: {counts['train']} image; expected "
                           f"at least 2")
@@ -320,8 +354,6 @@ def model_info(config: dict, name: str) -> dict:
                           f"at least {need} of them (2 x scoring.min_tail), or held-out images")
     chosen = entry.get("boundary_images") or []
     if any(isinstance(c, str) for c in chosen) and not entry["train"].endswith(".npz"):
-        from pathlib import Path
-
         root = Path(entry["train"]).expanduser()
         known = {p.relative_to(root).as_posix() for p in list_image_files(root)}
         missing = [c for c in chosen if isinstance(c, str) and c not in known]
@@ -347,4 +379,6 @@ def model_info(config: dict, name: str) -> dict:
         raise ConfigError(f"config error at {where}.sample.sampler: euler_maruyama needs a "
                           f"sub-VP model; an imported DDPM model samples with ddpm or ddim")
     return {"size": int(size), "channels": channels, "diffusion": diffusion,
-            "images": counts, "sample": sample, "weights": str(info["weights"])}
+            "images": counts, "images_digest": digests, "sample": sample,
+            # every file the import reads: inputs of import_model, so an edit re-runs it
+            "files": info["files"]}
