@@ -102,12 +102,22 @@ def sample_settings(wildcards):
     return MODELS[name]["sample"] if name is not None else config["sample"]
 
 
-def scoring_settings(wildcards):
-    """The scoring section; an imported model trained with random flips also matches mirrored
-    training images."""
-    name = model_name(wildcards)
+def matching_settings(wildcards):
+    """The matching section; an imported model trained with random flips always matches
+    mirrored training images."""
+    name = (
+        model_name(wildcards)
+        if hasattr(wildcards, "run")
+        else getattr(wildcards, "name", None)
+    )
     flip = name is not None and config["models"][name].get("random_flip", False)
-    return {**config["scoring"], "mirror": bool(flip)}
+    matching = dict(config.get("matching") or {})
+    return {**matching, "mirror": bool(matching.get("mirror", True) or flip)}
+
+
+def scoring_settings(wildcards):
+    """The scoring section with the run's matching."""
+    return {**config["scoring"], "matching": matching_settings(wildcards)}
 
 
 def inception_weights(wildcards):

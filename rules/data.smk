@@ -22,6 +22,8 @@ rule prepare_data:
         image_size=config["image_size"],
         to_rgb=config.get("to_rgb", False),
         saf=config["saf"],
+        # the target's uniqueness filter matches as the scores do (recorded in target.json)
+        matching=config.get("matching") or {},
         # your own images: the entry (folders or .npz) and what they hold (a digest of every
         # file's path, size and modification time) are the data, so changing either re-runs
         entry=lambda wc: dataset_entry(config, wc.dataset),
@@ -51,6 +53,7 @@ rule near_duplicates:
     params:
         image_size=config["image_size"],
         duplicates=config["duplicates"],
+        matching=config.get("matching") or {},
         entry=lambda wc: dataset_entry(config, wc.dataset),
         images=lambda wc: dataset_images(config, wc.dataset),
         device=config.get("device", "auto"),

@@ -70,7 +70,7 @@ rule model_duplicates:
         **gpu_resources(),
     params:
         duplicates=config["duplicates"],
-        mirror=lambda wc: config["models"][wc.name].get("random_flip", False),
+        matching=matching_settings,
         device=config.get("device", "auto"),
     script:
         "../workflow/scripts/model_duplicates.py"
@@ -105,6 +105,7 @@ rule boundary_search_images:
         chosen=lambda wc: config["models"][wc.name].get("boundary_images", []),
         how_many=lambda wc: config["models"][wc.name].get("boundary_count", 1),
         mirror=lambda wc: config["models"][wc.name].get("random_flip", False),
+        matching=matching_settings,
         bf16=config["sample"].get("bf16", True),
         device=config.get("device", "auto"),
         seed=seeded(config["boundary"].get("seed", 2)),

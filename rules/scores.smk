@@ -22,6 +22,8 @@ rule extraction_metrics:
             labels={"table": "memorization scores vs their null"},
         ),
         summary="results/{run}/side/metrics.json",
+        # every generated image: its nearest training image, similarity, transform, copy?
+        nearest="results/{run}/side/nearest.csv",
         pairs=report(
             "results/{run}/side/pairs.png",
             caption="../workflow/report/side_pairs.rst",

@@ -146,3 +146,30 @@ def test_a_saf_that_cannot_fit_is_refused_before_any_job(default):
 def test_boundary_euler_maruyama_needs_sub_vp(default):
     default["boundary"]["sampler"] = "euler_maruyama"
     bad(default, "config error at boundary.sampler")
+
+
+def test_a_process_that_never_reaches_noise_is_refused_before_any_job(default):
+    """T = 100 with β up to 0.02 keeps 0.60 of the image at its last step (0.66 where 10 DDIM
+    steps start): its samples are noise. The test config's β_end 0.2 passes."""
+    default["diffusion"].update(num_train_timesteps=100, beta_end=0.02)
+    default["sample"].update(sampler="ddim", steps=10)
+    bad(copy.deepcopy(default), "config error at diffusion: a DDPM chain with T = 100 and linear "
+                                "beta from 0.0001 to 0.02 keeps 0.66 of the image where sampling "
+                                "starts (step 90 with ddim, 10 steps); expected at most 0.1")
+    default["diffusion"]["beta_end"] = 0.2
+    check_config(copy.deepcopy(default), SCHEMA)
+    # the cosine schedule keeps 0.14 where 10 DDIM steps start at T = 100, and 0.15 at T = 1000
+    # (step 900); 50 steps start at step 980, where it keeps 0.03
+    default["diffusion"].update(beta_schedule="squaredcos_cap_v2")
+    bad(copy.deepcopy(default), "keeps 0.14 of the image")
+    default["diffusion"]["num_train_timesteps"] = 1000
+    bad(copy.deepcopy(default), "keeps 0.15 of the image where sampling starts (step 900")
+    default["sample"]["steps"] = 50
+    check_config(default, SCHEMA)
+
+
+def test_the_matching_section(default):
+    default["matching"] = {"shift": 9}
+    bad(copy.deepcopy(default), "config error at matching.shift: value 9 is invalid")
+    default["matching"] = {"shift": 0, "mirror": False}
+    check_config(default, SCHEMA)

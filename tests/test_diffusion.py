@@ -314,3 +314,26 @@ def test_the_fixed_shape_path_matches_the_plain_one(sampler, mixed):
     b = sample(model, process, 5, shape=(1, 28, 28), sampler=sampler, steps=5, batch_size=3,
                seed=3, progress=False, runner=EpsRunner(model, bucket=4))
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("cfg", [
+    {"num_train_timesteps": 100, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.2},
+    {"num_train_timesteps": 50, "beta_schedule": "squaredcos_cap_v2"},
+    {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+     "beta_end": 0.012},
+    {"num_train_timesteps": 20, "trained_betas": list(np.linspace(1e-3, 0.3, 20))},
+    {"num_train_timesteps": 1000, "process": "subvp"},
+])
+def test_the_signal_check_at_dag_build_agrees_with_the_noise_process(cfg):
+    """diffusion.schedule (numpy, no diffusers: the config checks) gives the grid's first step
+    and the signal there as NoiseProcess (diffusers' schedulers) does."""
+    from diffmem.diffusion.schedule import first_step, signal_at_start
+
+    process = NoiseProcess.from_config(cfg)
+    samplers = ["euler_maruyama"] if cfg.get("process") == "subvp" else ["ddim", "ddpm"]
+    for sampler in samplers:
+        for steps in sorted({1, 7, 10, 50, process.T} & set(range(1, process.T + 1))):
+            t0 = int(process.timestep_grid(sampler, steps)[0])
+            assert first_step(process.T, sampler, steps) == t0, (sampler, steps)
+            assert signal_at_start(cfg, sampler, steps) == pytest.approx(
+                process.signal_at(t0), rel=1e-4, abs=1e-7)

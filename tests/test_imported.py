@@ -76,14 +76,27 @@ def test_a_dataset_entry_reads_in_the_medmnist_layout(pngs):
     assert arrays["val_images"].shape == (6, 28, 28) and arrays["train_labels"].shape == (6, 1)
 
 
-def test_mirror_matches_only_when_asked():
+def test_moved_and_mirrored_copies_match_only_when_asked():
+    from diffmem.metrics.similarity import Matching
+
     rng = np.random.default_rng(1)
     refs = rng.integers(0, 256, (5, 12, 12), dtype=np.uint8)
-    query = mirrored(refs[2:3])
-    plain = nearest(query, refs, top_k=1)
-    flipped = nearest(query, refs, top_k=1, mirror=True)
-    assert flipped["index"][0, 0] == 2 and flipped["sim"][0, 0] > 0.999
-    assert plain["sim"][0, 0] < 0.5
+    moved = np.roll(refs[2:3], (1, -2), axis=(1, 2))  # 1 pixel down, 2 left
+    queries = np.concatenate([mirrored(refs[2:3]), moved, mirrored(moved)])
+    plain = nearest(queries, refs, top_k=1)
+    assert (plain["sim"][:, 0] < 0.5).all()
+    mirror_only = nearest(queries, refs, top_k=1, matching=Matching(0, True))
+    assert mirror_only["sim"][0, 0] > 0.999 and (mirror_only["sim"][1:, 0] < 0.5).all()
+    both = nearest(queries, refs, top_k=1, matching=Matching(2, True))
+    assert (both["index"][:, 0] == 2).all() and (both["sim"][:, 0] > 0.999).all()
+    how = [Matching.describe(both["transforms"][t]) for t in both["transform"][:, 0]]
+    assert how == ["mirrored as is", "shifted dx=-2 dy=+1", "mirrored shifted dx=-2 dy=+1"]
+    # every transform compares the same pixels: the reference's centre crop, 8x8 of 12x12
+    m = Matching(2, True)
+    assert len(m.transforms()) == 50 and m.compared_pixels((12, 12)) == 64
+    assert {m.window(refs, t).shape for t in m.transforms()} == {m.crop(refs).shape}
+    assert Matching.from_config({"shift": "auto"}, 28) == Matching(2, True)
+    assert Matching.from_config({"shift": "auto", "mirror": False}, 224) == Matching(8, False)
 
 
 def test_the_most_copied_training_image_is_chosen():
@@ -93,10 +106,9 @@ def test_the_most_copied_training_image_is_chosen():
                                                                 dtype=np.uint8)])
     mc = most_copied(samples[:4], train)
     assert mc["counts"].tolist() == [0, 1, 0, 3] and mc["order"][0] == 3
-    assert choose_images([], [], samples, train, 2, mirror=False)[0][:2] == [3, 1]
+    assert choose_images([], [], samples, train, 2)[0][:2] == [3, 1]
     names = ["a.png", "b.png", "c.png", "d.png"]
-    assert choose_images(["c.png", 0], names, samples, train, 1, mirror=False) == \
-        ([2, 0], "configured")
+    assert choose_images(["c.png", 0], names, samples, train, 1) == ([2, 0], "configured")
 
 
 @pytest.fixture
@@ -112,7 +124,8 @@ def test_a_models_entry_is_checked_before_any_job(test_cfg, pipeline_dir, pngs):
     write_pngs(np.random.default_rng(1).integers(0, 256, (12, 28, 28), dtype=np.uint8),
                heldout, "h")
     cfg["models"] = {"m": {"folder": str(pipeline_dir), "train": str(folder),
-                           "heldout": str(heldout), "boundary_images": ["part1/x01.png", 2]}}
+                           "heldout": str(heldout), "boundary_images": ["part1/x01.png", 2],
+                           "sample": {"sampler": "ddpm", "steps": 50}}}
     check_config(cfg, SCHEMA)
     info = model_info(cfg, "m")
     assert info["size"] == 8 and info["channels"] == 1 and info["images"]["train"] == 6
@@ -153,6 +166,15 @@ def test_a_models_entry_is_checked_before_any_job(test_cfg, pipeline_dir, pngs):
     check_config(c, SCHEMA)
     refused(lambda m: m.update(sample={"steps": 51}),
             "models.m.sample.steps: 51 exceeds the model's 50 diffusion steps")
+    # a process that does not reach noise where sampling starts: cosine at T = 50 with 10 DDIM
+    # steps starts at step 45, where x_t keeps 0.12 of the image
+    refused(lambda m: m.update(sample={"sampler": "ddim", "steps": 10}),
+            "a DDPM chain with T = 50 and the squaredcos_cap_v2 (cosine) schedule keeps 0.12 "
+            "of the image where sampling starts (step 45 with ddim, 10 steps); expected at most "
+            "0.1")
+    c = copy.deepcopy(cfg)
+    c["models"]["m"].update(sample={"sampler": "ddim", "steps": 10}, allow_signal_at_start=True)
+    check_config(c, SCHEMA)
     c = copy.deepcopy(cfg)
     c["models"] = {}
     with pytest.raises(ConfigError, match="no dataset and no models"):
@@ -188,19 +210,25 @@ def test_run_seeds():
     assert run_seed(W(run="models/m"), cfg) == 7 and run_seed(W(name="n"), cfg) == 0
 
 
-def test_random_flip_makes_mirrored_held_out_images_twins(tmp_path, caplog):
+def test_moved_and_mirrored_held_out_images_are_twins(tmp_path, caplog):
+    """The near-duplicate groups match as the scores do: a held-out copy of a training image
+    moved by a pixel or mirrored shares its group (so it is left out of the null)."""
     from diffmem.stages.data import write_near_duplicates
 
     rng = np.random.default_rng(0)
-    tr = rng.integers(0, 256, (6, 8, 8), dtype=np.uint8)
-    ho = np.concatenate([tr[:1], mirrored(tr[1:2]), rng.integers(0, 256, (3, 8, 8), np.uint8)])
+    tr = rng.integers(0, 256, (6, 12, 12), dtype=np.uint8)
+    ho = np.concatenate([tr[:1], mirrored(tr[1:2]), np.roll(tr[2:3], 1, axis=2),
+                         rng.integers(0, 256, (3, 12, 12), np.uint8)])
     kw = dict(name="x", train=tr, heldout=ho, cfg={"metric": "rms", "threshold": 5.0},
               device="cpu", out_npz=str(tmp_path / "d.npz"), out_json=str(tmp_path / "d.json"),
               out_png=str(tmp_path / "d.png"))
-    assert write_near_duplicates(**kw)["heldout_images_sharing_a_group_with_train"] == 1
-    assert write_near_duplicates(**kw, mirror=True)["heldout_images_sharing_a_group_with_train"] \
-        == 2
-    assert "2 of 5 held-out images are near-duplicates of training images" in caplog.text
+
+    def twins(shift, mirror):
+        return write_near_duplicates(**kw, matching={"shift": shift, "mirror": mirror})[
+            "heldout_images_sharing_a_group_with_train"]
+
+    assert twins(0, False) == 1 and twins(0, True) == 2 and twins(1, True) == 3
+    assert "3 of 6 held-out images are near-duplicates of training images" in caplog.text
 
 
 # ----------------------------------------------------------------------------- read strictly

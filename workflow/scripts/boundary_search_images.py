@@ -15,6 +15,7 @@ with logged(sm.log[0]):
             chosen=list(sm.params.chosen),
             count=int(sm.params.how_many),
             mirror=bool(sm.params.mirror),
+            matching=sm.params.matching,
             seed=sm.params.seed,
             device=sm.params.device,
             bf16=sm.params.bf16,

@@ -18,5 +18,6 @@ with logged(sm.log[0]):
         out_pairs_png=sm.output.pairs,
         out_hist_png=sm.output.hist,
         out_scale_png=sm.output.scales,
+        out_nearest_csv=sm.output.nearest,
     )
     print(summary["tests"])

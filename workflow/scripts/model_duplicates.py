@@ -9,7 +9,7 @@ with logged(sm.log[0]):
             train_npz=sm.input.train,
             heldout_npz=sm.input.heldout,
             cfg=sm.params.duplicates,
-            mirror=bool(sm.params.mirror),
+            matching=sm.params.matching,
             device=sm.params.device,
             out_npz=sm.output.npz,
             out_json=sm.output.summary,

@@ -12,6 +12,7 @@ with logged(sm.log[0]):
             root=sm.config["data_root"],
             download=sm.config.get("download", True),
             cfg=sm.params.duplicates,
+            matching=sm.params.matching,
             device=sm.params.device,
             out_npz=sm.output.npz,
             out_json=sm.output.summary,

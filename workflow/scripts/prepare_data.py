@@ -17,6 +17,7 @@ with logged(sm.log[0]):
             max_twin_similarity=sm.params.saf.get("max_twin_similarity", 0.95),
             to_rgb=sm.params.to_rgb,
             entry=sm.params.entry,
+            matching=sm.params.matching,
             out_train=sm.output.train,
             out_target=sm.output.target,
             out_target_json=sm.output.target_json,

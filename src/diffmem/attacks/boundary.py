@@ -25,7 +25,7 @@ import torch
 from ..device import as_nchw_uint8, normalise, to_uint8
 from ..diffusion.process import NoiseProcess
 from ..diffusion.sampler import fast_runner, reverse
-from ..metrics.similarity import centred_unit, nearest
+from ..metrics.similarity import PLAIN_PIXELS, Matching, centred_unit, nearest
 from ..metrics.stats import (
     rank_p_value,
     t50,
@@ -250,12 +250,12 @@ def walk_back_summary(tr: dict, controls: list[dict], T: int) -> dict:
     }
 
 
-def most_copied(samples: np.ndarray, refs: np.ndarray, *, mirror: bool = False, device="cpu"
-                ) -> dict:
-    """How many samples have each reference image as their nearest (Pearson), and the highest
-    similarity of a sample to it; ``order``: most copied first, ties by that similarity."""
-
-    nn_ = nearest(samples, refs, kind="cosine", top_k=1, device=device, mirror=mirror)
+def most_copied(samples: np.ndarray, refs: np.ndarray, *, matching: Matching = PLAIN_PIXELS,
+                device="cpu") -> dict:
+    """How many samples have each reference image as their nearest (Pearson, at the best
+    transform of ``matching``), and the highest similarity of a sample to it; ``order``: most
+    copied first, ties by that similarity."""
+    nn_ = nearest(samples, refs, kind="cosine", top_k=1, device=device, matching=matching)
     idx, sim = nn_["index"][:, 0], nn_["sim"][:, 0]
     counts = np.bincount(idx, minlength=len(refs))
     best = np.full(len(refs), -np.inf)
@@ -264,11 +264,12 @@ def most_copied(samples: np.ndarray, refs: np.ndarray, *, mirror: bool = False, 
 
 
 def choose_images(chosen: list, names: list[str], samples: np.ndarray, train: np.ndarray,
-                  count: int, *, mirror: bool, device="cpu") -> tuple[list[int], str]:
+                  count: int, *, matching: Matching = PLAIN_PIXELS, device="cpu"
+                  ) -> tuple[list[int], str]:
     """The training images to run the boundary search from: the configured ones (file names
     or indices), or else the ``count`` images plain sampling copied most."""
     if chosen:
         where = {n: i for i, n in enumerate(names)}
         return [int(c) if isinstance(c, int) else where[c] for c in chosen], "configured"
-    mc = most_copied(samples, train, mirror=mirror, device=device)
+    mc = most_copied(samples, train, matching=matching, device=device)
     return [int(i) for i in mc["order"][:count]], "most copied by plain sampling"

@@ -8,7 +8,10 @@ groups: a held-out twin of a training image is not an unseen image.
 
 Two images are near-duplicates when their similarity (``rms``: RMS pixel difference in grey
 levels at most ``threshold``; or ``cosine`` of mean-centred pixels at least ``threshold``) says
-so. Groups are the connected components of that relation, so no near-duplicate pair is ever
+so, under the audit's matching (:class:`~diffmem.metrics.similarity.Matching`: the best over
+small shifts and the mirror, in either direction), so a patient's frame moved by a pixel or
+mirrored is a twin too. Groups are the connected components of that relation, so no
+near-duplicate pair is ever
 split between groups. Chains are bounded: a component whose diameter (its least similar pair)
 is worse than ``max_diameter`` (default: twice the threshold for ``rms``) is split by leader
 clustering (the image with the most near-duplicates claims all of them, repeatedly), which
@@ -19,20 +22,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..metrics.similarity import mirrored, similarity_blocks
+from ..metrics.similarity import PLAIN_PIXELS, Matching, similarity_blocks
 
 
 def near_pairs(images: np.ndarray, metric: str, threshold: float, device="cpu",
-               chunk: int = 1024) -> np.ndarray:
-    """All pairs (i < j) of near-duplicates, shape (P, 2)."""
+               chunk: int = 1024, matching: Matching = PLAIN_PIXELS) -> np.ndarray:
+    """All pairs (i < j) of near-duplicates, shape (P, 2): i matches j or j matches i (a
+    shifted window of one against the other's centre crop is not symmetric)."""
     limit = -threshold if metric == "rms" else threshold
     pairs = []
-    for start, s in similarity_blocks(images, images, metric, device, chunk):
+    for start, s, _ in similarity_blocks(images, images, metric, device, chunk, matching):
         qi, rj = torch_nonzero(s >= limit)
         qi = qi + start
-        keep = qi < rj
-        pairs.append(np.stack([qi[keep], rj[keep]], 1))
-    return np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
+        keep = qi != rj
+        pairs.append(np.sort(np.stack([qi[keep], rj[keep]], 1), axis=1))
+    pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
+    return np.unique(pairs, axis=0) if len(pairs) else pairs
 
 
 def torch_nonzero(mask) -> tuple[np.ndarray, np.ndarray]:
@@ -58,25 +63,28 @@ def _components(n: int, pairs: np.ndarray) -> np.ndarray:
     return labels
 
 
-def _pair_similarity(images: np.ndarray, members: np.ndarray, metric: str) -> np.ndarray:
-    return next(similarity_blocks(images[members], images[members], metric,
-                                  chunk=len(members)))[1].cpu().numpy()
+def _pair_similarity(images: np.ndarray, members: np.ndarray, metric: str,
+                     matching: Matching) -> np.ndarray:
+    s = next(similarity_blocks(images[members], images[members], metric, chunk=len(members),
+                               matching=matching))[1].cpu().numpy()
+    return np.maximum(s, s.T)
 
 
 def group_images(images: np.ndarray, *, metric: str = "rms", threshold: float = 5.0,
-                 max_diameter: float | None = None, device="cpu") -> dict:
+                 max_diameter: float | None = None, device="cpu",
+                 matching: Matching = PLAIN_PIXELS) -> dict:
     """Group ids (0..G−1) of near-identical images, with chains bounded (module docstring)."""
     if max_diameter is None:
         max_diameter = 2 * threshold if metric == "rms" else 2 * threshold - 1
     limit = -threshold if metric == "rms" else threshold
     worst = -max_diameter if metric == "rms" else max_diameter
-    pairs = near_pairs(images, metric, threshold, device)
+    pairs = near_pairs(images, metric, threshold, device, matching=matching)
     labels = _components(len(images), pairs)
     split = 0
     next_id = labels.max() + 1 if len(labels) else 0
     for g in np.flatnonzero(np.bincount(labels) > 2):
         members = np.flatnonzero(labels == g)
-        s = _pair_similarity(images, members, metric)
+        s = _pair_similarity(images, members, metric, matching)
         if s.min() >= worst:
             continue
         split += 1
@@ -97,39 +105,15 @@ def group_images(images: np.ndarray, *, metric: str = "rms", threshold: float = 
             "max_diameter": float(max_diameter)}
 
 
-def mirror_pairs(images: np.ndarray, metric: str, threshold: float, device="cpu") -> np.ndarray:
-    """Pairs (i < j) where image j is a near-duplicate of image i's left-right mirror."""
-    n = len(images)
-    p = near_pairs(np.concatenate([images, mirrored(images)]), metric, threshold, device)
-    p = p[(p[:, 0] < n) & (p[:, 1] >= n)]
-    p = np.stack([p[:, 0], p[:, 1] - n], 1)
-    p = np.sort(p[p[:, 0] != p[:, 1]], axis=1)
-    return np.unique(p, axis=0) if len(p) else np.zeros((0, 2), np.int64)
-
-
-def _merge(groups: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-    """Group labels after joining the groups of every pair (i, j)."""
-    if not len(pairs):
-        return groups
-    return _components(int(groups.max()) + 1, groups[pairs])[groups]
-
-
 def near_duplicate_groups(train: np.ndarray, heldout: np.ndarray, *, metric: str,
-                          threshold: float, max_diameter: float | None, mirror: bool = False,
-                          device="cpu") -> dict:
+                          threshold: float, max_diameter: float | None,
+                          matching: Matching = PLAIN_PIXELS, device="cpu") -> dict:
     """Groups over train ∪ held-out (:func:`group_images`) and a summary of what they mean for
     a run: how many training images have a twin, how many held-out images share a group with a
-    training image.
-
-    ``mirror`` (a model trained with random flips): an image and a near-duplicate of its mirror
-    image are near-duplicates too; such pairs join their groups (not split again as chains)."""
+    training image, under ``matching``."""
     images = np.concatenate([train, heldout])
     res = group_images(images, metric=metric, threshold=threshold, max_diameter=max_diameter,
-                       device=device)
-    if mirror:
-        extra = mirror_pairs(images, metric, threshold, device)
-        res["groups"] = _merge(res["groups"], extra)
-        res["pairs"] = np.unique(np.concatenate([res["pairs"], extra]), axis=0)
+                       device=device, matching=matching)
     g = res["groups"]
     tg, hg = g[: len(train)], g[len(train):]
     size = np.bincount(g)
@@ -147,8 +131,10 @@ def near_duplicate_groups(train: np.ndarray, heldout: np.ndarray, *, metric: str
         "train_images_with_a_twin": int(train_twin.sum()),
         "heldout_images_sharing_a_group_with_train": int(heldout_twin_of_train.sum()),
         "largest_group": int(size.max()) if size.size else 0,
+        "matching": {"shift": matching.shift, "mirror": matching.mirror},
         "note": ("groups are connected components of the near-duplicate relation on the clean "
-                 "images of train ∪ val ∪ test; a component less similar than max_diameter "
-                 "inside is split by leader clustering"),
+                 "images of train ∪ val ∪ test, each pair matched at its best shift and mirror; "
+                 "a component less similar than max_diameter inside is split by leader "
+                 "clustering"),
     }
     return {**res, "train_group": tg, "heldout_group": hg, "summary": summary}

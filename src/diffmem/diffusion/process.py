@@ -121,6 +121,10 @@ class NoiseProcess:
         m, s = self.coefficients64(device)
         return m.float(), s.float()
 
+    def signal_at(self, t: int) -> float:
+        """m_t at grid step t: how much of the image x_t keeps."""
+        return float(self.coefficients64()[0][t])
+
     def alphas_cumprod(self, device=None) -> torch.Tensor:
         """m_t² (ᾱ_t for DDPM)."""
         return self.coefficients(device)[0] ** 2

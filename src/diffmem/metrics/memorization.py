@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .similarity import nearest
+from .similarity import PLAIN_PIXELS, Matching, nearest
 
 BAND_NAMES = ("low", "mid", "high")
 
@@ -42,13 +42,13 @@ def calibrate_bands(null_sim: np.ndarray, quantiles, min_tail: int = 5) -> dict:
 
 
 def reference_bands(train: np.ndarray, groups: np.ndarray, quantiles, *, kind: str,
-                    min_tail: int = 5, device="cpu", mirror: bool = False) -> dict:
+                    min_tail: int = 5, device="cpu", matching: Matching = PLAIN_PIXELS) -> dict:
     """Band edges without unseen images: quantiles of each training image's similarity to its
     nearest training image of *another* near-duplicate group (leave-one-out), capped as in
     :func:`calibrate_bands`. For exchangeable images this approximates what an unseen image
     would score, but the model saw every one of them, so it is a reference, not a null."""
     nn_ = nearest(train, train, kind=kind, top_k=min(50, len(train)), device=device,
-                  mirror=mirror)
+                  matching=matching)
     other = np.asarray(groups)[nn_["index"]] != np.asarray(groups)[:, None]
     has = other.any(1)
     sims = nn_["sim"][np.arange(len(train)), other.argmax(1)][has]

@@ -11,7 +11,13 @@ subsets), Carlini's extraction rate and the mean nearest-training similarity.
 Primary statistics (one per question, uncorrected; the README names them):
 
 * ``plain_copies``: excess share of plain samples in the high band over unseen images, p̂_gen −
-  p̂_null, one-sided Fisher exact test, Newcombe 95 % interval.
+  p̂_null, one-sided Fisher exact test, Newcombe 95 % interval; beside it the excess its
+  yes-rule detects with 80 % power at these sizes (``detectable_rate``: a "no" needs it at or
+  below the margin) and a one-sided Mann–Whitney test that the samples are *less* like the
+  training images than unseen images (``unlike_p_value``: "samples unlike the training data").
+  Every similarity is matched at its best shift and mirror
+  (:class:`~diffmem.metrics.similarity.Matching`); the plain pixel match is scored beside it as
+  the ``pixel`` rows.
 * ``side_extracts_more``: UMS in the high band (distinct training groups per image) of SIDE at
   its best scale minus plain sampling's, on equally many images. The best scale is chosen on one
   half of each cluster's SIDE images and scored on the other half, against as many plain
@@ -46,8 +52,17 @@ from .memorization import (
     reference_bands,
     set_scores,
 )
-from .similarity import SIMILARITIES, nearest, subset
-from .stats import auc_test, holm, permutation_test, rate_excess, untested, wilson
+from .similarity import PLAIN_PIXELS, SIMILARITIES, Matching, nearest, subset
+from .stats import (
+    auc_test,
+    detectable_rate,
+    holm,
+    less_similar,
+    permutation_test,
+    rate_excess,
+    untested,
+    wilson,
+)
 
 PLAIN, SIDE, SIDE_BEST = "plain sampling", "SIDE", "SIDE best scale (held-out half)"
 NULL, HELDOUT = "unseen real images (null)", "held-out real images (all, twins included)"
@@ -64,20 +79,35 @@ def cluster_halves(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarra
     return np.sort(np.concatenate(sel)), np.sort(np.concatenate(ev))
 
 
+# the similarities every set is scored under: the two matched at their best transform (the
+# verdict's), then the plain pixel match, reported beside them (``pixel``: cosine, no transform)
+KINDS = (*SIMILARITIES, "pixel")
+
+
 class Scorer:
-    """Nearest training images of every set under both similarities, and per-set scores."""
+    """Nearest training images of every set under each similarity, and per-set scores.
+
+    ``cfg["matching"]`` (the config's section; an imported model trained with random flips
+    always mirrors) sets the transforms the two verdict similarities are the best over."""
 
     def __init__(self, train: np.ndarray, groups: np.ndarray, cfg: dict, device):
         self.train, self.groups, self.cfg, self.device = train, groups, cfg, device
         self.k = max(int(cfg.get("top_k", 50)), int(cfg["carlini"]["n"]))
-        self.dim = int(np.prod(train.shape[1:]))
+        self.matching = Matching.from_config(cfg.get("matching"), train.shape[1])
+        self.dim = self.matching.compared_pixels(train.shape[1:])
         self.edges: dict[str, list] = {}
 
+    def how(self, kind: str) -> tuple[str, Matching]:
+        """(similarity, matching) of a scored kind."""
+        return ("cosine", PLAIN_PIXELS) if kind == "pixel" else (kind, self.matching)
+
     def nn(self, images: np.ndarray) -> dict:
-        # mirror: the model was trained with random flips, so a mirrored copy is a copy
-        return {kind: nearest(images, self.train, kind=kind, top_k=self.k,
-                                 device=self.device, mirror=bool(self.cfg.get("mirror")))
-                for kind in SIMILARITIES}
+        out = {}
+        for kind in KINDS:
+            sim, matching = self.how(kind)
+            out[kind] = nearest(images, self.train, kind=sim, top_k=self.k, device=self.device,
+                                matching=matching)
+        return out
 
     def carlini_view(self, nns: dict) -> dict:
         n = int(self.cfg["carlini"]["n"])
@@ -88,7 +118,7 @@ class Scorer:
     def scores(self, nns: dict, kind: str, rows=None) -> dict:
         view = nns if rows is None else {k: subset(v, rows) for k, v in nns.items()}
         return set_scores(view[kind], self.carlini_view(view), self.groups, self.edges[kind],
-                             self.cfg["carlini"])
+                          self.cfg["carlini"])
 
 
 def score_run(*, train: np.ndarray, groups: np.ndarray, plain: np.ndarray,
@@ -107,13 +137,14 @@ def score_run(*, train: np.ndarray, groups: np.ndarray, plain: np.ndarray,
         cal = scorer.nn(pool["images"][pool["calibrate"]])
     quantiles, tail = cfg.get("band_quantiles", [0.5, 0.9, 0.99]), int(cfg.get("min_tail", 5))
     bands = {}
-    for kind in SIMILARITIES:
+    for kind in KINDS:
         fixed = cfg.get("fixed_bands") if kind == primary else None
         if fixed:
             bands[kind] = fixed_bands(fixed)
         elif no_null:
-            bands[kind] = reference_bands(train, groups, quantiles, kind=kind, min_tail=tail,
-                                             device=device, mirror=bool(cfg.get("mirror")))
+            sim, matching = scorer.how(kind)
+            bands[kind] = reference_bands(train, groups, quantiles, kind=sim, min_tail=tail,
+                                          device=device, matching=matching)
         else:
             bands[kind] = calibrate_bands(cal[kind]["sim"][:, 0], quantiles, tail)
         scorer.edges[kind] = bands[kind]["edges"]
@@ -139,10 +170,10 @@ def score_run(*, train: np.ndarray, groups: np.ndarray, plain: np.ndarray,
     for key, v in nns.items():
         method, scale = (key if isinstance(key, tuple) else (key, best if key == SIDE_BEST
                                                              else None))
-        for kind in SIMILARITIES:
+        for kind in KINDS:
             full = scorer.scores(v, kind)
             eq = equal_size(lambda r, v=v, kind=kind: scorer.scores(v, kind, r), sizes[key], m,
-                               repeats, rng)
+                            repeats, rng)
             rows.append({"method": method, "scale": scale, "similarity": kind,
                          "images": sizes[key], "equal_size": m,
                          **{f"ams_{b}": full[f"ams_{b}"] for b in BAND_NAMES},
@@ -157,14 +188,28 @@ def score_run(*, train: np.ndarray, groups: np.ndarray, plain: np.ndarray,
         return int(in_band(nns[key][kind]["sim"][:, 0], b).sum()), sizes[key]
 
     k_plain, n_plain = high_hits(PLAIN)
+    alpha, margin = float(cfg.get("alpha", 0.05)), float(cfg.get("margin_copies", 0.05))
+    if no_null:
+        copies = untested(k_plain / n_plain, n_plain, "no unseen images to compare with")
+    else:
+        copies = rate_excess(k_plain, n_plain, *high_hits(NULL))
+        # the power of the yes-rule at these sizes: the null's rate in the high band is the
+        # calibration half's share at or above its edge
+        p0 = float((cal[primary]["sim"][:, 0] >= scorer.edges[primary][2]).mean())
+        copies |= {"detectable_rate": detectable_rate(n_plain, copies["null_n"], p0,
+                                                      alpha=alpha),
+                   "null_rate_calibration": p0, "detectable_power": 0.8,
+                   "unlike_p_value": less_similar(nns[PLAIN][primary]["sim"][:, 0],
+                                                  nns[NULL][primary]["sim"][:, 0])}
     tests = {"plain_copies": {
         "question": "does plain sampling copy training images?",
         "statistic": f"excess share of plain samples in the high {primary} band over unseen "
                      f"images (p_gen − p_null)",
-        **(untested(k_plain / n_plain, n_plain, "no unseen images to compare with")
-           if no_null else rate_excess(k_plain, n_plain, *high_hits(NULL))),
-        "margin": float(cfg.get("margin_copies", 0.05)), "null_effect": 0.0,
-        "test": "one-sided Fisher exact; Newcombe 95 % interval"}}
+        **copies, "margin": margin, "null_effect": 0.0,
+        "matching": {"shift": scorer.matching.shift, "mirror": scorer.matching.mirror},
+        "test": "one-sided Fisher exact; Newcombe 95 % interval; the rate detectable with 80 % "
+                "power at these sizes; one-sided Mann–Whitney for samples less like the "
+                "training images than unseen images"}}
     if best is not None:  # SIDE against plain sampling: a comparison that needs no unseen image
         tests["side_extracts_more"] = _side_vs_plain(scorer, nns, best, primary, rng, cfg)
     secondary = [] if no_null else _secondary(scorer, nns, sizes, side_sets, primary, high_hits,
@@ -173,6 +218,30 @@ def score_run(*, train: np.ndarray, groups: np.ndarray, plain: np.ndarray,
             "best_scale": best, "selection": selection, "equal_size": m, "nns": nns,
             "primary_similarity": primary, "top_k": scorer.k,
             "halves": None if halves is None else [len(halves[0]), len(halves[1])]}
+
+
+def per_image(res: dict, names: list[str] | None = None) -> pd.DataFrame:
+    """Every generated image (plain samples; SIDE's at each scale) with its nearest training
+    image under the verdict's similarity, that similarity, the transform that matched, whether
+    it lies in the high band (a copy by the verdict's rule), and the plain pixel match beside
+    it."""
+    primary = res["primary_similarity"]
+    high = res["bands"][primary]["edges"][2]
+    frames = []
+    for key, v in res["nns"].items():
+        if key != PLAIN and not (isinstance(key, tuple) and key[0] == SIDE):
+            continue  # the null, the held-out images, SIDE's best scale (a subset of a scale)
+        method, scale = (PLAIN, None) if key == PLAIN else key
+        nn_, pix = v[primary], v["pixel"]
+        j = nn_["index"][:, 0]
+        frames.append(pd.DataFrame({
+            "set": method, "scale": scale, "image": np.arange(len(j)), "nearest_train": j,
+            "nearest_name": [names[i] for i in j] if names else None,
+            "similarity": nn_["sim"][:, 0],
+            "transform": [Matching.describe(nn_["transforms"][t]) for t in nn_["transform"][:, 0]],
+            "copy": nn_["sim"][:, 0] >= high,
+            "pixel_similarity": pix["sim"][:, 0], "pixel_nearest_train": pix["index"][:, 0]}))
+    return pd.concat(frames, ignore_index=True)
 
 
 def _side_vs_plain(scorer, nns, best, primary, rng, cfg) -> dict:
@@ -191,7 +260,7 @@ def _side_vs_plain(scorer, nns, best, primary, rng, cfg) -> dict:
 
     observed = diff(np.arange(n), np.arange(n, 2 * n))
     p = permutation_test(diff, n, n, permutations=int(cfg.get("permutations", 1000)),
-                            seed=int(cfg.get("seed", 4)))
+                         seed=int(cfg.get("seed", 4)))
     boot = [diff(rng.choice(n, n), n + rng.choice(n, n)) for _ in range(int(cfg.get(
         "bootstrap", 500)))]
     lo, hi = np.quantile(boot, [0.025, 0.975])
@@ -220,14 +289,14 @@ def _secondary(scorer, nns, sizes, side_sets, primary, high_hits, cfg) -> list[d
     for band in ("low", "mid"):
         out.append({"name": f"plain vs null: AMS {band} band ({primary})",
                     **rate_excess(*high_hits(PLAIN, primary, band),
-                                     *high_hits(NULL, primary, band))})
+                                  *high_hits(NULL, primary, band))})
     out.append({"name": f"plain vs null: AMS high band ({other})",
                 **rate_excess(*high_hits(PLAIN, other), *high_hits(NULL, other))})
 
     def carlini_hits(key):
         view = scorer.carlini_view(nns[key])
         ex = carlini_extracted(view["l2_nearest"], cfg["carlini"]["alpha"],
-                                  cfg["carlini"]["delta"])
+                               cfg["carlini"]["delta"])
         return int(ex.sum()), len(ex)
 
     out.append({"name": "plain vs null: Carlini extraction rate",
@@ -235,7 +304,7 @@ def _secondary(scorer, nns, sizes, side_sets, primary, high_hits, cfg) -> list[d
     out.append({"name": f"plain vs null: nearest-training {primary} similarity, AUC "
                          f"(Meehan et al. 2020)",
                 **auc_test(nns[PLAIN][primary]["sim"][:, 0], nns[NULL][primary]["sim"][:, 0],
-                              seed=int(cfg.get("seed", 4)), boot=200)})
+                           seed=int(cfg.get("seed", 4)), boot=200)})
     for s in side_sets:
         out.append({"name": f"SIDE scale {s:g} vs null: AMS high band ({primary})",
                     **rate_excess(*high_hits((SIDE, s)), *high_hits(NULL))})

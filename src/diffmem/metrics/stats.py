@@ -8,8 +8,9 @@
   permutation tests, Holm's adjustment.
 * Boundary curves p̂_t: the robust boundary t50 with its parametric-bootstrap interval, the rank
   of a query among its controls, the walk-back answer, the upper Darboux area.
-* The verdict's rule (:func:`decide`) and the result of a question without a null
-  (:func:`untested`).
+* The verdict's rule (:func:`decide`), the rate a copy test could have detected at its sizes
+  (:func:`detectable_rate`), the test that samples are less like the data than unseen images
+  (:func:`less_similar`), and the result of a question without a null (:func:`untested`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ import numpy as np
 
 # the answer of a question whose score has no null (no unseen images to compare with)
 NO_NULL = "inconclusive (no null)"
+# the copy question's answer when generated images are less like the training images than
+# unseen ones are (noise, or another kind of image): not a "no", which would sound safe
+UNLIKE = "samples unlike the training data"
 
 
 def wilson_interval(k, n: int, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
@@ -56,6 +60,75 @@ def rate_excess(k1: int, n1: int, k2: int, n2: int) -> dict:
     hi = d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
     return {"effect": d, "ci_low": lo, "ci_high": hi, "p_value": p,
             "value": p1, "null_value": p2, "n": n1, "null_n": n2}
+
+
+def says_yes(k1, n1: int, k2: int, n2: int, alpha: float) -> np.ndarray:
+    """The copy question's yes-rule (:func:`rate_excess` then :func:`decide`: one-sided Fisher
+    p < α and Newcombe's lower bound > 0) for every count ``k1`` (an array) against one null
+    count ``k2``, vectorised: Fisher's one-sided p is the hypergeometric tail
+    P(X ≥ k1), X ~ Hypergeometric(n1 + n2, k1 + k2, n1)."""
+    from scipy.stats import hypergeom
+
+    k1 = np.asarray(k1)
+    p = hypergeom.sf(k1 - 1, n1 + n2, k1 + k2, n1)
+    l1, _ = wilson_interval(k1, n1)
+    _, u2 = wilson(k2, n2)
+    p1, p2 = k1 / n1, k2 / n2
+    lo = (p1 - p2) - np.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
+    return (p < alpha) & (lo > 0)
+
+
+def detectable_rate(n1: int, n2: int, p0: float, *, alpha: float = 0.05,
+                    power: float = 0.8) -> float | None:
+    """The smallest excess δ the copy question's yes-rule finds with probability ≥ ``power``
+    when ``n1`` generated images land in the high band at rate p0 + δ and ``n2`` null images at
+    p0: computed exactly at these sizes (for each plausible null count, the generated counts
+    that say yes, then binomial sums; δ by bisection). None when no δ reaches that power. A
+    "no" from a test that could not have seen the margin is no "no"."""
+    from scipy.stats import binom
+
+    if n1 == 0 or n2 == 0:
+        return None
+    lo_k = 0 if p0 <= 0 else int(binom.ppf(1e-12, n2, p0))
+    hi_k = 0 if p0 <= 0 else int(binom.ppf(1 - 1e-12, n2, p0))
+    k2s = np.arange(lo_k, hi_k + 1)
+    weight = binom.pmf(k2s, n2, p0) if p0 > 0 else np.ones(1)
+    # the yes-rule holds from a smallest count on (Fisher's p falls and Newcombe's lower bound
+    # rises with k1): find it by bisection for each null count
+    first = []
+    for k2 in k2s:
+        lo, hi = 0, n1 + 1  # says_yes(hi) counts as true: n1 + 1 means "never"
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if says_yes(mid, n1, int(k2), n2, alpha):
+                hi = mid
+            else:
+                lo = mid + 1
+        first.append(lo)
+    first = np.asarray(first)
+
+    def power_at(delta: float) -> float:
+        return float(weight @ binom.sf(first - 1, n1, min(p0 + delta, 1.0)))
+
+    top = 1.0 - p0
+    if power_at(top) < power:
+        return None
+    lo, hi = 0.0, top
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if power_at(mid) >= power else (mid, hi)
+    return hi
+
+
+def less_similar(gen: np.ndarray, null: np.ndarray) -> float:
+    """One-sided Mann–Whitney p that generated images are *less* similar to the training set
+    than unseen images are (whole distributions of nearest-training similarity): samples that
+    look like no data at all."""
+    from scipy.stats import mannwhitneyu
+
+    if len(gen) == 0 or len(null) == 0:
+        return 1.0
+    return float(mannwhitneyu(gen, null, alternative="less").pvalue)
 
 
 def auc(pos: np.ndarray, neg: np.ndarray) -> float:
@@ -131,14 +204,21 @@ def untested(value, n: int, reason: str) -> dict:
 
 
 def decide(test: dict, *, alpha: float, margin: float, null_effect: float = 0.0) -> str:
-    """yes: significant at ``alpha`` and the interval excludes no effect; no: the interval
-    excludes an effect larger than ``margin``; otherwise inconclusive. A test without a null
-    (``test["answer"]`` set to :data:`NO_NULL`) keeps that answer."""
+    """yes: significant at ``alpha`` and the interval excludes no effect; otherwise, where the
+    test says how unlike the data the images are (``unlike_p_value``) and that is significant,
+    :data:`UNLIKE`; no: the interval excludes an effect larger than ``margin`` and, where the
+    test states the rate it could have detected (``detectable_rate``), that rate is at most
+    the margin; otherwise inconclusive. A test without a null (``test["answer"]`` set to
+    :data:`NO_NULL`) keeps that answer."""
     if test.get("answer"):
         return test["answer"]
     if test["p_value"] < alpha and test["ci_low"] > null_effect:
         return "yes"
-    if test["ci_high"] < null_effect + margin:
+    if test.get("unlike_p_value") is not None and test["unlike_p_value"] < alpha:
+        return UNLIKE
+    powered = "detectable_rate" not in test or (test["detectable_rate"] is not None and
+                                                test["detectable_rate"] <= margin)
+    if test["ci_high"] < null_effect + margin and powered:
         return "no"
     return "inconclusive"
 

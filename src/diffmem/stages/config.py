@@ -16,6 +16,7 @@ import yaml
 from ..data.images import check_images, count_images, list_image_files, same_images
 from ..data.medmnist import max_train_size, medmnist_info
 from ..diffusion.pretrained import diffusion_from_scheduler, inspect_model_folder
+from ..diffusion.schedule import MAX_SIGNAL, first_step, signal_at_start
 from ..errors import ConfigError, DataError, ModelFolderError
 
 
@@ -240,6 +241,15 @@ def _cross_checks(config: dict) -> None:
     if config["sample"]["steps"] > diff["num_train_timesteps"]:
         raise ConfigError(f"config error at sample.steps: {config['sample']['steps']} exceeds "
                           f"diffusion.num_train_timesteps {diff['num_train_timesteps']}")
+    if names:  # models to train: their process must reach noise where sampling starts
+        m = signal_at_start(diff, config["sample"]["sampler"], config["sample"]["steps"])
+        if m > MAX_SIGNAL:
+            raise ConfigError(f"config error at diffusion: {_process_words(diff)} keeps "
+                              f"{m:.2f} of the image where sampling starts "
+                              f"({_start_words(diff, config['sample'])}); expected at most "
+                              f"{MAX_SIGNAL}, else samples drawn from noise are noise, not data; "
+                              f"raise num_train_timesteps or beta_end, or choose another "
+                              f"beta_schedule")
 
 
 RESERVED = ("models", "fingerprint")
@@ -306,6 +316,21 @@ def run_seed(wildcards, config: dict) -> int:
     if name is not None:
         return int(config["models"][name].get("seed", 0))
     return int(str(wildcards.run).rsplit("seed", 1)[1])
+
+
+def _process_words(diff: dict) -> str:
+    if diff.get("process") == "subvp":
+        return f"the sub-VP SDE with beta from {diff.get('beta_min')} to {diff.get('beta_max')}"
+    schedule = diff.get("beta_schedule", "linear")
+    schedule = "trained betas" if diff.get("trained_betas") else \
+        "the squaredcos_cap_v2 (cosine) schedule" if schedule == "squaredcos_cap_v2" else \
+        f"{schedule} beta from {diff.get('beta_start')} to {diff.get('beta_end')}"
+    return f"a DDPM chain with T = {diff['num_train_timesteps']} and {schedule}"
+
+
+def _start_words(diff: dict, sample: dict) -> str:
+    t0 = first_step(int(diff["num_train_timesteps"]), sample["sampler"], sample["steps"])
+    return f"step {t0} with {sample['sampler']}, {sample['steps']} steps"
 
 
 def model_info(config: dict, name: str) -> dict:
@@ -378,6 +403,14 @@ def model_info(config: dict, name: str) -> dict:
     if sample["sampler"] == "euler_maruyama":
         raise ConfigError(f"config error at {where}.sample.sampler: euler_maruyama needs a "
                           f"sub-VP model; an imported DDPM model samples with ddpm or ddim")
+    m = signal_at_start(diffusion, sample["sampler"], sample["steps"])
+    if m > MAX_SIGNAL and not entry.get("allow_signal_at_start"):
+        raise ConfigError(f"config error at {where}.folder: {info['scheduler_path']}: "
+                          f"{_process_words(diffusion)} keeps {m:.2f} of the image where "
+                          f"sampling starts ({_start_words(diffusion, sample)}); expected at "
+                          f"most {MAX_SIGNAL}, else samples drawn from noise are noise, not "
+                          f"data; set allow_signal_at_start: true to sample it anyway (the "
+                          f"report says so)")
     return {"size": int(size), "channels": channels, "diffusion": diffusion,
             "images": counts, "images_digest": digests, "sample": sample,
             # every file the import reads: inputs of import_model, so an edit re-runs it

@@ -15,6 +15,7 @@ from ..data.medmnist import max_train_size
 from ..device import resolve_device
 from ..errors import DataError
 from ..io import save_figure, save_json, save_npz
+from ..metrics.similarity import Matching
 from ..plotting import plt
 
 
@@ -22,7 +23,7 @@ def prepare_data_stage(*, flag: str, size: int, root: str, download: bool, n_tra
                        saf_radius: float, saf_grey: float, to_rgb: bool, out_train: str,
                        out_target: str, out_target_json: str, out_heldout: str, out_figure: str,
                        out_unused: str | None = None, max_twin_similarity: float = 0.95,
-                       entry: dict | None = None) -> dict:
+                       entry: dict | None = None, matching: dict | None = None) -> dict:
     """Build the training set with one fingerprinted image and write the stage's outputs.
 
     The subset is drawn with ``numpy.random.default_rng(seed)``; the same seed gives
@@ -31,6 +32,9 @@ def prepare_data_stage(*, flag: str, size: int, root: str, download: bool, n_tra
     clean original is replaced by the stamped copy, so the SAF occurs exactly once in the
     training data. ``entry``: your own
     images instead of a MedMNIST file (see :func:`~diffmem.data.images.dataset_arrays`).
+    ``matching`` (the config's section): the transforms the uniqueness filter matches under; it
+    is recorded in ``target.json`` for the stages that filter by the target (C_ID's negatives,
+    the controls).
     """
     limit = max_train_size(flag) if entry is None else None
     if limit is not None and not 2 <= n_train <= limit:
@@ -48,7 +52,9 @@ def prepare_data_stage(*, flag: str, size: int, root: str, download: bool, n_tra
     images = to_channels(train_all[indices], to_rgb)
     labels = arrays["train_labels"][indices]
     heldout_raw = np.concatenate([arrays["val_images"], arrays["test_images"]])
-    target_pos, nearest = unique_target(train_all, heldout_raw, indices, rng, max_twin_similarity)
+    match = Matching.from_config(matching, size)
+    target_pos, nearest = unique_target(train_all, heldout_raw, indices, rng, max_twin_similarity,
+                                        matching=match)
     saf = random_saf(rng, size, saf_radius, saf_grey)
     original = images[target_pos].copy()
     stamped = saf.stamp(original)
@@ -65,6 +71,7 @@ def prepare_data_stage(*, flag: str, size: int, root: str, download: bool, n_tra
         "dataset": flag, "image_size": size, "n_train": n_train, "seed": seed,
         "target_position": target_pos, "target_source_index": int(indices[target_pos]),
         "target_nearest_other": nearest, "max_twin_similarity": max_twin_similarity,
+        "matching": {"shift": match.shift, "mirror": match.mirror},
         "saf": {"center_yx": [saf.cy, saf.cx], "radius": saf.radius, "grey": saf.grey},
         "heldout_images": int(len(heldout)), "unused_train_images": n_unused,
         "channels": 3 if images.ndim == 4 else 1,
@@ -100,25 +107,27 @@ def plot_target(original: np.ndarray, stamped: np.ndarray, saf: SAF, path: str) 
 
 
 def near_duplicates_stage(*, dataset: str, entry: dict | None, image_size: int, root: str,
-                          download: bool, cfg: dict, device: str, out_npz: str, out_json: str,
-                          out_png: str) -> dict:
+                          download: bool, cfg: dict, matching: dict, device: str, out_npz: str,
+                          out_json: str, out_png: str) -> dict:
     """Near-duplicate groups over train ∪ val ∪ test of one dataset (a MedMNIST file or your
     own images, ``entry``), computed once per dataset on its clean images."""
     arrays = dataset_arrays(dataset, entry, image_size, root, download)
     heldout = np.concatenate([arrays["val_images"], arrays["test_images"]])
     return write_near_duplicates(name=dataset, train=arrays["train_images"], heldout=heldout,
-                                 cfg=cfg, device=device, out_npz=out_npz, out_json=out_json,
-                                 out_png=out_png)
+                                 cfg=cfg, matching=matching, device=device, out_npz=out_npz,
+                                 out_json=out_json, out_png=out_png)
 
 
 def write_near_duplicates(*, name: str, train: np.ndarray, heldout: np.ndarray, cfg: dict,
-                          device: str, out_npz: str, out_json: str, out_png: str,
-                          mirror: bool = False) -> dict:
-    """The groups (:func:`diffmem.data.duplicates.near_duplicate_groups`) and what they mean for
-    a run, as the stage's files: group ids and direct pairs, a summary, a figure of twins."""
+                          matching: dict, device: str, out_npz: str, out_json: str,
+                          out_png: str) -> dict:
+    """The groups (:func:`diffmem.data.duplicates.near_duplicate_groups`, under the config's
+    ``matching``) and what they mean for a run, as the stage's files: group ids and direct
+    pairs, a summary, a figure of twins."""
     res = near_duplicate_groups(train, heldout, metric=cfg.get("metric", "rms"),
                                 threshold=float(cfg.get("threshold", 5.0)),
-                                max_diameter=cfg.get("max_diameter"), mirror=mirror,
+                                max_diameter=cfg.get("max_diameter"),
+                                matching=Matching.from_config(matching, train.shape[1]),
                                 device=resolve_device(device))
     summary = {"dataset": name, **res["summary"]}
     # the pairs themselves too (indices into train ∪ held-out): a split chain must not let a

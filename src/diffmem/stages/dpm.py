@@ -76,7 +76,10 @@ def sample_stage(*, weights: str, model_config: str, num_samples: int, batch_siz
             "device": str(dev), "seconds": round(elapsed, 2),
             "cuda_graphs": runner is not None and runner.captured,
             "images_per_second": round(len(images) / max(elapsed, 1e-9), 1),
-            "peak_gpu_gib": gpu_peak_gib(dev)}
+            "peak_gpu_gib": gpu_peak_gib(dev),
+            # how much of an image x_t0 keeps where sampling starts from noise (m_t0); above
+            # diffusion.schedule.MAX_SIGNAL only for an imported model allowed to
+            "signal_at_start": process.signal_at(int(process.timestep_grid(sampler, steps)[0]))}
     if out_json:
         save_json(out_json, info)
     return info

@@ -36,6 +36,7 @@ from ..io import (
     save_json,
     save_safetensors,
 )
+from ..metrics.similarity import PLAIN_PIXELS, Matching
 from ..metrics.stats import binomial_p_values, corrected_rate, upper_darboux, wilson
 from ..plotting import plt
 
@@ -56,8 +57,9 @@ def train_fingerprint_classifiers_stage(*, train_npz: str, target_npz: str, targ
     # C_ID's negatives must not hold x*'s near-duplicates (other frames of the same patient):
     # as negatives they would teach the classifier that x* is not x*
     limit = float(info.get("max_twin_similarity", 0.95))
-    others = not_twins_of(tgt["original"], others, limit)
-    id_heldout = not_twins_of(tgt["original"], heldout, limit)
+    match = Matching(**info["matching"]) if "matching" in info else PLAIN_PIXELS
+    others = not_twins_of(tgt["original"], others, limit, match)
+    id_heldout = not_twins_of(tgt["original"], heldout, limit, match)
     channels = 1 if train.ndim == 3 else train.shape[-1]
     common = dict(noise_std=cfg["noise_std"], augmix=cfg["augmix"], device=dev)
     fit = dict(steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["learning_rate"],
@@ -189,9 +191,10 @@ def boundary_search_stage(*, weights: str, model_config: str, target_npz: str, t
     tgt, info = load_npz(target_npz), load_json(target_json)
     train, heldout = load_npz(train_npz)["images"], load_npz(heldout_npz)["images"]
     pos = int(info["target_position"])
+    match = Matching(**info["matching"]) if "matching" in info else PLAIN_PIXELS
     ctl = select_controls(tgt["original"], train, pos, heldout, load_npz(unused_npz)["images"],
                           int(cfg.get("controls", 19)),
-                          float(info.get("max_twin_similarity", 0.95)), dev)
+                          float(info.get("max_twin_similarity", 0.95)), dev, matching=match)
     mask = tgt["mask"].astype(bool)
     stamped = heldout[ctl["heldout_index"]].copy()
     stamped[:, mask] = tgt["saf"][mask]  # the same disc at the same place

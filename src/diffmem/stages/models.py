@@ -27,7 +27,7 @@ from ..diffusion.pretrained import load_pretrained
 from ..diffusion.process import NoiseProcess
 from ..diffusion.unet import load_model, save_model
 from ..io import load_npz, save_csv, save_json, save_npz
-from ..metrics.similarity import mirrored
+from ..metrics.similarity import Matching, mirrored
 from .data import write_near_duplicates
 from .fingerprint import boundary_figure
 
@@ -68,19 +68,20 @@ def import_images_stage(*, train: str, heldout: str | None, size: int, channels:
 
 
 def model_duplicates_stage(*, name: str, train_npz: str, heldout_npz: str, cfg: dict,
-                           mirror: bool, device: str, out_npz: str, out_json: str,
+                           matching: dict, device: str, out_npz: str, out_json: str,
                            out_png: str) -> dict:
-    """Near-duplicate groups over the model's training and held-out images (``mirror``: it was
-    trained with random flips, so mirror twins join groups too)."""
+    """Near-duplicate groups over the model's training and held-out images, under the model's
+    ``matching`` (mirror twins too when it was trained with random flips)."""
     return write_near_duplicates(name=f"models/{name}", train=load_npz(train_npz)["images"],
                                  heldout=load_npz(heldout_npz)["images"], cfg=cfg,
-                                 device=device, out_npz=out_npz, out_json=out_json,
-                                 out_png=out_png, mirror=mirror)
+                                 matching=matching, device=device, out_npz=out_npz,
+                                 out_json=out_json, out_png=out_png)
 
 
 def boundary_search_images_stage(*, weights: str, model_config: str, train_npz: str,
                                  heldout_npz: str, samples_npz: str, duplicates_npz: str, cfg: dict,
-                                 chosen: list, count: int, mirror: bool, seed: int, device: str,
+                                 chosen: list, count: int, mirror: bool, matching: dict,
+                                 seed: int, device: str,
                                  bf16: bool, out_csv: str, out_json: str, out_png: str,
                                  graphs: bool = True) -> dict:
     """Does the model walk back to a training image from more noise than to unseen images?
@@ -89,7 +90,9 @@ def boundary_search_images_stage(*, weights: str, model_config: str, train_npz: 
     fingerprint audit accepts it (its nearest image is the query or a near-duplicate of it,
     closer than the query is to any other image); the fingerprinting paper notes ρ needs only
     the identity test. Controls: held-out images sharing no group with a training image, chosen
-    by the same rule (most often nearest to a plain sample among held-out images)."""
+    by the same rule (most often nearest to a plain sample among held-out images, under the
+    audit's ``matching``). ``mirror``: the model was trained with random flips, so a mirrored
+    copy of an image is that image to the acceptance test too."""
     dev = resolve_device(device)
     model, meta = load_model(weights, model_config, dev)
     process = NoiseProcess.from_config(meta["diffusion"])
@@ -100,14 +103,15 @@ def boundary_search_images_stage(*, weights: str, model_config: str, train_npz: 
     samples = load_npz(samples_npz)["images"]
     dup = load_npz(duplicates_npz)
     groups = np.concatenate([dup["train_group"], dup["heldout_group"]])
-    picks, how = choose_images(chosen, names, samples, train, count, mirror=mirror, device=dev)
+    match = Matching.from_config(matching, train.shape[1])
+    picks, how = choose_images(chosen, names, samples, train, count, matching=match, device=dev)
     train_groups = set(dup["train_group"].tolist())
     free = np.array([g not in train_groups for g in dup["heldout_group"]], dtype=bool)
     candidates = np.flatnonzero(free)
     k = min(int(cfg.get("controls", 19)), len(candidates))
     ctl = []
     if k:
-        mc = most_copied(samples, heldout[candidates], mirror=mirror, device=dev)
+        mc = most_copied(samples, heldout[candidates], matching=match, device=dev)
         ctl = [int(candidates[i]) for i in mc["order"][:k]]
         if k < int(cfg.get("controls", 19)):
             log.warning("only %d held-out images share no group with a training image: %d "

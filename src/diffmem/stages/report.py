@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from ..diffusion.schedule import MAX_SIGNAL
 from ..io import load_json, save_text
 from .verdict import _fmt_test, _num
 
@@ -48,6 +49,7 @@ def run_section(run_dir: Path, base: Path, dataset: str, n: int, seed: int) -> s
         ("samples", f"{samples['num_samples']:,} ({samples['sampler']}, {samples['steps']} steps)"),
         ("sampling time", f"{samples['seconds']:.1f} s on {samples['device']} "
                           f"({samples['images_per_second']:.0f} images/s)"),
+        _signal_row(samples),
     ]
     audit = run_dir / "audit"
     if (audit / "boundary.json").exists():
@@ -115,6 +117,16 @@ def run_section(run_dir: Path, base: Path, dataset: str, n: int, seed: int) -> s
     return "\n".join(parts)
 
 
+def _signal_row(samples: dict) -> tuple[str, str]:
+    m = samples.get("signal_at_start")
+    text = "–" if m is None else f"{m:.3f}" + (
+        "" if m <= MAX_SIGNAL else
+        f" (**above {MAX_SIGNAL}: the process does not reach noise where sampling starts, so "
+        f"samples drawn from noise are partly noise; sampled all the same because the entry "
+        f"sets allow_signal_at_start**)")
+    return "signal left where sampling starts from noise (m at its first step; ≤ 0.1 needed)", text
+
+
 def model_section(run_dir: Path, base: Path, name: str) -> str:
     """An imported model: where it came from, its images, samples and every audit."""
     model = load_json(run_dir / "model/model_config.json")
@@ -133,6 +145,7 @@ def model_section(run_dir: Path, base: Path, name: str) -> str:
         ("held-out images sharing a near-duplicate group with a training image",
          f"{dup['heldout_images_sharing_a_group_with_train']} (left out of the null)"),
         ("samples", f"{samples['num_samples']:,} ({samples['sampler']}, {samples['steps']} steps)"),
+        _signal_row(samples),
     ]
     audit = run_dir / "audit"
     if (audit / "boundary.json").exists():
@@ -188,6 +201,22 @@ def _detector_rows(audit: Path) -> list[tuple[str, str]]:
     ]
 
 
+def _power_words(t: dict) -> str:
+    """What a copy test could have seen, and whether the samples look like the data at all."""
+    if "detectable_rate" not in t:
+        return ""
+    rate = t["detectable_rate"]
+    share = 100 * t["null_rate_calibration"]
+    seen = (f" At these sizes ({t['n']} generated, {t['null_n']} unseen images, {share:.1f} % of "
+            f"unseen images in the high band) the test finds "
+            + (f"an excess of {rate:.3f} with 80 % power" if rate is not None else
+               "no excess with 80 % power")
+            + (f", so it cannot say no to one of {t['margin']:g}" if rate is None or
+               rate > t["margin"] else "") + ".")
+    return seen + (f" Generated images less similar to the training images than unseen images: "
+                   f"one-sided Mann–Whitney p = {t['unlike_p_value']:.3g}.")
+
+
 def side_section(side: Path, base: Path) -> list[str]:
     m = load_json(side / "metrics.json")
     clf = load_json(side / "classifier.json")
@@ -215,16 +244,25 @@ def side_section(side: Path, base: Path) -> list[str]:
             f"UMS high @{m['equal_size']}", "Carlini rate", f"Carlini distinct @{m['equal_size']}",
             "mean NN sim"]
     title = "without a null" if m.get("no_null") else "beside their null"
+    match = m["tests"]["plain_copies"].get("matching") or {}
+    moves = (f"the best over shifts of up to {match.get('shift', 0)} pixels"
+             + (" and the left-right mirror" if match.get("mirror") else "")
+             if match else "pixel to pixel")
+    pixel = m["bands"].get("pixel", {}).get("edges")
     lines = [f"### Memorization scores {title} ({kind} similarity)", "",
+             f"Each image is matched to a training image at {moves}; the rows marked *plain "
+             f"pixels* match pixel to pixel (cosine" + (f", high band ≥ {pixel[2]:.3f}"
+                                                        if pixel else "") + "). "
              f"Bands: low [{e[0]:.3f}, {e[1]:.3f}), mid [{e[1]:.3f}, {e[2]:.3f}), high ≥ "
              f"{e[2]:.3f} ({how}). {about} UMS and distinct Carlini "
              f"extractions count groups of near-duplicate training images, at "
              f"{m['equal_size']} images per set (mean over random subsets).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in m["rows"]:
-        if r["similarity"] != kind:
-            continue
-        cells = [r["method"], f"{r['scale']:g}" if r["scale"] is not None else "–",
+    rows = [r for r in m["rows"] if r["similarity"] == kind] + \
+        [r for r in m["rows"] if r["similarity"] == "pixel"]
+    for r in rows:
+        label = r["method"] + (" (plain pixels)" if r["similarity"] == "pixel" else "")
+        cells = [label, f"{r['scale']:g}" if r["scale"] is not None else "–",
                  str(r["images"]), *[f"{r[f'ams_{b}']:.3f}" for b in ("low", "mid", "high")],
                  *[f"{r[f'ums_{b}']:.3f}" for b in ("low", "mid", "high")],
                  f"{r['carlini_rate']:.3f}", f"{r['carlini_unique']:.2f}",
@@ -234,7 +272,8 @@ def side_section(side: Path, base: Path) -> list[str]:
     for t in m["tests"].values():
         lines.append(f"* {t['question']} {t['statistic']}: {_fmt_test(t)} "
                      f"(value {t['value']:.3f} vs null {_num(t['null_value'], 'none')}; "
-                     f"{t['test'] if t.get('effect') is not None else t['no_null']}).")
+                     f"{t['test'] if t.get('effect') is not None else t['no_null']})."
+                     + _power_words(t))
     lines += ["", "Secondary tests (p-values Holm-adjusted within the run):", ""]
     if not m["secondary"]:
         lines.append("None: each compares a set with unseen images, and there are none.")

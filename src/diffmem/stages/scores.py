@@ -9,7 +9,8 @@ from ..device import resolve_device
 from ..io import load_npz, save_csv, save_figure, save_json
 from ..metrics.memorization import BAND_NAMES
 from ..metrics.null import run_null_pool
-from ..metrics.scores import NULL, PLAIN, SIDE, score_run
+from ..metrics.scores import NULL, PLAIN, SIDE, per_image, score_run
+from ..metrics.similarity import Matching
 from ..plotting import plt
 
 
@@ -17,7 +18,7 @@ def extraction_metrics_stage(*, train_npz: str, plain_npz: str, side_npzs: list[
                              scales: list[float], heldout_npz: str, unused_npz: str,
                              duplicates_npz: str | None, cfg: dict, device: str, out_csv: str,
                              out_json: str, out_pairs_png: str, out_hist_png: str,
-                             out_scale_png: str) -> dict:
+                             out_scale_png: str, out_nearest_csv: str) -> dict:
     dev = resolve_device(device)
     tr = load_npz(train_npz)
     heldout = load_npz(heldout_npz)["images"]
@@ -33,6 +34,8 @@ def extraction_metrics_stage(*, train_npz: str, plain_npz: str, side_npzs: list[
                     side_sets=side_sets, pool=pool, heldout=heldout, cfg=cfg, device=dev)
     table = res["table"]
     save_csv(out_csv, table)
+    names = [str(n) for n in tr["names"]] if "names" in tr else None
+    save_csv(out_nearest_csv, per_image(res, names))
     summary = {
         "no_null": len(pool["score"]) == 0,
         "primary_similarity": res["primary_similarity"], "bands": res["bands"],
@@ -69,7 +72,8 @@ def _pairs_figure(images, train, nn_, path, title, top: int = 12):
         axes[0, j].imshow(images[i], cmap=cmap, vmin=0, vmax=255)
         axes[0, j].set_title(f"sim {nn_['sim'][i, 0]:.3f}", fontsize=7)
         axes[1, j].imshow(train[nn_["index"][i, 0]], cmap=cmap, vmin=0, vmax=255)
-        axes[1, j].set_title(f"train #{nn_['index'][i, 0]}", fontsize=7)
+        how = Matching.describe(nn_["transforms"][nn_["transform"][i, 0]])
+        axes[1, j].set_title(f"train #{nn_['index'][i, 0]}\n{how}", fontsize=6)
     fig.suptitle(title, fontsize=8)
     save_figure(fig, path)
 

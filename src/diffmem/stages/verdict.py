@@ -6,10 +6,14 @@ from __future__ import annotations
 import math
 
 from ..io import load_json, save_csv, save_text
-from ..metrics.stats import NO_NULL, decide
+from ..metrics.stats import NO_NULL, UNLIKE, decide
 
 NO_NULL_TEXT = ("inconclusive (no null): there were no unseen images to compare with, so the "
                 "score is reported and nothing is tested.")
+UNLIKE_TEXT = (f"{UNLIKE}: the generated images are less like the training images than unseen "
+               f"images are (one-sided Mann–Whitney on nearest-training similarity), so the copy "
+               f"question cannot be answered no: the model makes noise or another kind of "
+               f"image, and its copies, if any, hide among them.")
 
 
 def _num(x, missing: str = "–", fmt: str = ".3f") -> str:
@@ -78,7 +82,9 @@ def verdict_rows(runs: list, metrics: list[str], membership: list[str], alpha: f
                          "primary statistic": t["statistic"], "value": t["value"]
                          if "value" in t else t["effect"], "null": t["null_value"],
                          "effect": t["effect"], "ci_low": t["ci_low"], "ci_high": t["ci_high"],
-                         "p_value": t["p_value"], "margin": t["margin"], "images": t["n"],
+                         "p_value": t["p_value"], "margin": t["margin"],
+                         # the copy row: the excess its yes-rule finds with 80 % power here
+                         "detectable": t.get("detectable_rate"), "images": t["n"],
                          "null_images": t["null_n"]})
     return rows
 
@@ -91,18 +97,25 @@ def verdict_stage(*, runs: list, metrics: list[str], membership: list[str], alph
     df = pd.DataFrame(rows)
     save_csv(out_csv, df)
     lines = ["| run | question | answer | primary statistic | value (null) | effect [95 % CI] "
-             "| p | margin |", "|---|---|---|---|---|---|---|---|"]
+             "| p | margin | detectable |", "|---|---|---|---|---|---|---|---|---|"]
+    copies = "does plain sampling copy training images?"
     for r in rows:
+        detect = (_num(r["detectable"], "not at any rate") if r["question"] == copies and
+                  r["p_value"] is not None else "–")
         lines.append(f"| {r['run']} | {r['question']} | "
                      f"**{r['answer']}** | {r['primary statistic']} | {_num(r['value'])} "
                      f"({_num(r['null'], 'no null')}) | {_num(r['effect'])} "
                      f"[{_num(r['ci_low'])}, {_num(r['ci_high'])}] | "
-                     f"{_num(r['p_value'], fmt='.3g')} | {r['margin']:g} |")
+                     f"{_num(r['p_value'], fmt='.3g')} | {r['margin']:g} | {detect} |")
     lines += ["", f"yes: the primary test is significant at α = {alpha:g} and its 95 % "
                   f"interval excludes no effect; no: the interval excludes an effect larger "
-                  f"than the margin; otherwise inconclusive (too few images to tell). The "
-                  f"walk-back row: yes when the target's whole t50 interval lies above every "
-                  f"control's t50, no when its t50 is within the controls' range."
+                  f"than the margin and, for the copy question, the test could have seen one "
+                  f"(detectable: the excess share in the high band its yes-rule finds with 80 % "
+                  f"power at these sizes is at most the margin); otherwise inconclusive (too "
+                  f"few images to tell). The walk-back row: yes when the target's whole t50 "
+                  f"interval lies above every control's t50, no when its t50 is within the "
+                  f"controls' range."
+              + (f" {UNLIKE_TEXT}" if any(r["answer"] == UNLIKE for r in rows) else "")
               + (f" {NO_NULL_TEXT}" if any(r["answer"] == NO_NULL for r in rows) else ""), ""]
     save_text(out_md, "\n".join(lines))
     return rows

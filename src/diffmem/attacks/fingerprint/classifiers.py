@@ -24,7 +24,7 @@ from torch import nn
 
 from ...device import as_nchw_uint8, normalise
 from ...io import load_json, load_safetensors, save_json, save_safetensors
-from ...metrics.similarity import centred_unit
+from ...metrics.similarity import PLAIN_PIXELS, Matching, nearest
 from ...metrics.stats import auc
 
 log = logging.getLogger(__name__)
@@ -242,10 +242,11 @@ def train_classifier(net: nn.Module, task: TaskData, *, steps: int, batch_size: 
     return final | {"best_step": best_step, "history": history}
 
 
-def not_twins_of(image: np.ndarray, pool: np.ndarray, limit: float) -> np.ndarray:
-    """The images of ``pool`` whose Pearson similarity to ``image`` is below ``limit``."""
-
-    sim = centred_unit(pool) @ centred_unit(image[None])[0]
+def not_twins_of(image: np.ndarray, pool: np.ndarray, limit: float,
+                 matching: Matching = PLAIN_PIXELS) -> np.ndarray:
+    """The images of ``pool`` whose Pearson similarity to ``image`` (at the best transform of
+    ``matching``) is below ``limit``."""
+    sim = nearest(pool, image[None], top_k=1, matching=matching)["sim"][:, 0]
     return pool[sim < limit]
 
 

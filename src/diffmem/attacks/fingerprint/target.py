@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...errors import DataError
-from ...metrics.similarity import nearest, nearest_other
+from ...metrics.similarity import PLAIN_PIXELS, Matching, nearest, nearest_other
 
 
 @dataclass(frozen=True)
@@ -42,10 +42,11 @@ def random_saf(rng: np.random.Generator, size: int, radius: float, grey: float) 
 
 def unique_target(train_all: np.ndarray, heldout: np.ndarray, indices: np.ndarray,
                   rng: np.random.Generator, max_twin_similarity: float,
-                  chunk: int = 256) -> tuple[int, dict]:
+                  chunk: int = 256, matching: Matching = PLAIN_PIXELS) -> tuple[int, dict]:
     """A seeded target among the subset whose most similar other image in train ∪ held-out (clean
-    images, Pearson correlation = cosine of mean-centred pixels) is below
-    ``max_twin_similarity``; returns its position in the subset and that nearest image.
+    images, Pearson correlation = cosine of mean-centred pixels, at the best transform of
+    ``matching``) is below ``max_twin_similarity``; returns its position in the subset and that
+    nearest image.
 
     A target with a near-identical twin cannot test reproduction of one image: the model learns
     the patient from the clean twins and reproduces it without the disc (seed 0 on BreastMNIST
@@ -55,7 +56,8 @@ def unique_target(train_all: np.ndarray, heldout: np.ndarray, indices: np.ndarra
     order = rng.permutation(len(indices))
     for start in range(0, len(order), chunk):
         pos = order[start:start + chunk]
-        sims, idx = nearest_other(train_all[indices[pos]], pool, indices[pos])
+        sims, idx = nearest_other(train_all[indices[pos]], pool, indices[pos],
+                                  matching=matching)
         for p, sim, i in zip(pos, sims, idx, strict=True):
             if sim < max_twin_similarity:
                 i = int(i)
@@ -100,16 +102,16 @@ def mae_to(images: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 def select_controls(original: np.ndarray, train: np.ndarray, target_pos: int,
                     heldout: np.ndarray, others: np.ndarray, k: int, limit: float,
-                    device="cpu") -> dict:
+                    device="cpu", matching: Matching = PLAIN_PIXELS) -> dict:
     """``k`` held-out images to run the boundary search from beside the target.
 
     Candidates pass the target's uniqueness filter (no other image of train ∪ unused train ∪
     held-out at Pearson ≥ ``limit``) and are matched to the target on their similarity to the
     nearest training image (the target's: to the training images other than x_SAF), closest
-    first, so target and controls are equally typical of the training set."""
-
+    first, so target and controls are equally typical of the training set. Similarities are
+    the best over ``matching``'s transforms, as the target's own filter."""
     rest = np.delete(train, target_pos, axis=0)
-    kw = dict(kind="cosine", device=device)
+    kw = dict(kind="cosine", device=device, matching=matching)
     target_nn = float(nearest(original[None], rest, top_k=1, **kw)["sim"][0, 0])
     pool = np.concatenate([train, others, heldout])
     own = len(train) + len(others) + np.arange(len(heldout))
