@@ -10,6 +10,7 @@ from diffmem.stages.config import (
     dataset_entry,
     dataset_images,
     dataset_names,
+    generated_info,
     model_info,
     run_dir,
     run_parts,
@@ -31,6 +32,12 @@ except ConfigError as err:
 RUNS = runs(config)  # (dataset, N, seed): models the workflow trains
 # imported models, each checked once here (folder, scheduler, images) before any job
 MODELS = {name: model_info(config, name) for name in config.get("models") or {}}
+# generated image sets, audited without a model (checked once here too)
+GENERATED = {
+    name: generated_info(config, name) for name in config.get("generated") or {}
+}
+# the known-truth study of the copy verdict, on one dataset's images
+STUDY = [config["study"]["dataset"]] if config.get("study") else []
 RUN_DIRS = [run_dir(r) for r in all_runs(config)]  # every run, trained or imported
 DATASETS = dataset_names(config)
 # the fingerprint audit's summary tables exist when the workflow trains a model
@@ -79,6 +86,9 @@ def all_run_outputs():
         *expand_all("results/{run}/audit/boundary.json"),
         *expand_all("results/{run}/side/metrics.json"),
         *expand_all("results/{run}/audit/membership.json"),
+        *expand_all("results/{run}/audit/exposure.json"),
+        *expand("results/generated/{name}/scores/metrics.json", name=GENERATED),
+        *expand("results/study/{dataset}/table.md", dataset=STUDY),
         "results/verdict.csv",
     ]
 
@@ -94,6 +104,13 @@ def duplicates_of(wildcards):
     if name is not None:
         return f"results/models/{name}/near_duplicates.npz"
     return f"results/{dataset}/near_duplicates.npz"
+
+
+def target_of(wildcards):
+    """A trained run's target.json (the fingerprinted image's position), none for an imported
+    model."""
+    dataset, name = run_parts(wildcards.run)
+    return [] if name is not None else f"results/{wildcards.run}/data/target.json"
 
 
 def sample_settings(wildcards):

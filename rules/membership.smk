@@ -1,8 +1,9 @@
-# Membership inference: can training images be told from unseen ones?
+# Membership inference: can training images be told from unseen ones? And which training
+# images are most exposed, by membership and by copying together?
 
 
 rule membership:
-    """Loss-attack membership inference: training images vs the run's unseen images."""
+    """The loss attack, SimA and PIA: chosen on one half, scored on the other."""
     input:
         weights="results/{run}/model/model.safetensors",
         config="results/{run}/model/model_config.json",
@@ -18,6 +19,7 @@ rule membership:
             category="{run}",
             labels={"figure": "membership inference"},
         ),
+        scores="results/{run}/audit/membership_scores.npz",
     log:
         "logs/{run}/membership.log",
     conda:
@@ -32,3 +34,32 @@ rule membership:
         device=config.get("device", "auto"),
     script:
         "../workflow/scripts/membership.py"
+
+
+rule exposure:
+    """Every training image: its membership p-value, the samples that copy it, its walk-back."""
+    input:
+        train="results/{run}/data/train.npz",
+        scores="results/{run}/audit/membership_scores.npz",
+        membership="results/{run}/audit/membership.json",
+        nearest="results/{run}/side/nearest.csv",
+        samples="results/{run}/samples/samples.npz",
+        boundary="results/{run}/audit/boundary.json",
+        target=target_of,
+    output:
+        csv="results/{run}/audit/exposure.csv",
+        summary="results/{run}/audit/exposure.json",
+        figure=report(
+            "results/{run}/audit/exposure.png",
+            caption="../workflow/report/exposure.rst",
+            category="{run}",
+            labels={"figure": "most exposed training images"},
+        ),
+    log:
+        "logs/{run}/exposure.log",
+    conda:
+        CONDA_ENV
+    params:
+        q=config["membership"].get("exposure_q", 0.1),
+    script:
+        "../workflow/scripts/exposure.py"

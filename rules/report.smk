@@ -26,6 +26,7 @@ rule report:
         tables=FINGERPRINT_TABLES,
         side=expand_all("results/{run}/side/metrics.json"),
         membership=expand_all("results/{run}/audit/membership.json"),
+        exposure=expand_all("results/{run}/audit/exposure.json"),
         model_images=expand("results/models/{name}/data/images.json", name=MODELS),
         model_samples=expand("results/models/{name}/samples/samples.json", name=MODELS),
         model_grids=expand("results/models/{name}/samples/grid.png", name=MODELS),
@@ -38,7 +39,14 @@ rule report:
         duplicates=[
             *expand("results/{dataset}/near_duplicates.json", dataset=DATASETS),
             *expand("results/models/{name}/near_duplicates.json", name=MODELS),
+            *expand("results/generated/{name}/near_duplicates.json", name=GENERATED),
         ],
+        generated=[
+            *expand("results/generated/{name}/scores/metrics.json", name=GENERATED),
+            *expand("results/generated/{name}/data/images.json", name=GENERATED),
+            *expand("results/generated/{name}/near_duplicates.json", name=GENERATED),
+        ],
+        studies=expand("results/study/{dataset}/table.md", dataset=STUDY),
         verdict="results/verdict.md",
     output:
         markdown="results/report.md",
@@ -49,6 +57,7 @@ rule report:
     params:
         runs=all_runs(config),
         run_dirs=expand_all("results/{run}"),
+        generated={name: f"results/generated/{name}" for name in GENERATED},
         title=config.get("report", {}).get("title", "diffmem memorization audit"),
         settings={
             k: config.get(k) or {}
@@ -65,6 +74,8 @@ rule report:
                 "scoring",
                 "duplicates",
                 "membership",
+                "matching",
+                "study",
             )
         },
     script:

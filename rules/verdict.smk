@@ -5,6 +5,7 @@ rule verdict:
         metrics=expand_all("results/{run}/side/metrics.json"),
         membership=expand_all("results/{run}/audit/membership.json"),
         boundaries=expand_all("results/{run}/audit/boundary.json"),
+        generated=expand("results/generated/{name}/scores/metrics.json", name=GENERATED),
     output:
         csv=report(
             "results/verdict.csv",
@@ -19,6 +20,7 @@ rule verdict:
         CONDA_ENV
     params:
         runs=all_runs(config),
+        generated=list(GENERATED),
         alpha=config["scoring"].get("alpha", 0.05),
     script:
         "../workflow/scripts/verdict.py"

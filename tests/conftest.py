@@ -123,6 +123,15 @@ def finished(tmp_path_factory, data_root, own_model):
     cfg["datasets"] = [*cfg["datasets"], {"name": "site", "train": str(site / "train"),
                                           "heldout": str(site / "heldout")}]
     cfg["train_sizes"] = {"breastmnist": cfg["train_sizes"], "site": ["all"]}
+    # a generator's images without its model: the site's training images moved by a pixel, as
+    # nested PNGs (one 16-bit), to be audited with the site's training and held-out images
+    with np.load(data_root / "breastmnist.npz") as f:
+        write_pngs(np.roll(f["test_images"][:24], 1, axis=2), site / "generated", "g")
+    cfg["generated"] = {"shifted": {"images": str(site / "generated"),
+                                    "train": str(site / "train"),
+                                    "heldout": str(site / "heldout")}}
+    # and the known-truth study of the copy verdict, with 2 seeds
+    cfg["study"] = {"dataset": "breastmnist", "seeds": 2}
     (wf / "test.yaml").write_text(yaml.safe_dump(cfg))
     # every job runs with unpickling made to raise (and logged): nothing a user gave, and
     # nothing else, is unpickled in the audit

@@ -49,7 +49,7 @@ def test_resize_and_centre_crop_and_rgb(tmp_path):
     assert grey.shape == (1, 20, 20) and grey.min() > 150  # resized 40 -> 20, crop of the centre
     rgb, _ = read_images(tmp_path / "f", size=20, channels=3)
     assert rgb.shape == (1, 20, 20, 3)
-    with pytest.raises(DataError, match="is 60x40; the model takes 20x20"):
+    with pytest.raises(DataError, match="is 60x40; expected 20x20, the size the audit reads"):
         read_images(tmp_path / "f", size=20, channels=1, resize=False)
 
 
@@ -177,7 +177,7 @@ def test_a_models_entry_is_checked_before_any_job(test_cfg, pipeline_dir, pngs):
     check_config(c, SCHEMA)
     c = copy.deepcopy(cfg)
     c["models"] = {}
-    with pytest.raises(ConfigError, match="no dataset and no models"):
+    with pytest.raises(ConfigError, match="no dataset, model, generated set or study"):
         check_config(c, SCHEMA)
 
 
@@ -257,7 +257,7 @@ def test_image_headers_are_checked_before_any_job(pngs, tmp_path):
     folder, _ = pngs
     first = check_images(folder, size=28)
     assert first["count"] == 6 and first == check_images(folder, size=28)
-    with pytest.raises(DataError, match="x00.png is 28x28; the model takes 16x16"):
+    with pytest.raises(DataError, match="x00.png is 28x28; expected 16x16"):
         check_images(folder, size=16, resize=False)
     (folder / "part1" / "bad.png").write_bytes(b"not an image at all")
     with pytest.raises(DataError, match="cannot read image .*bad.png"):
@@ -311,3 +311,31 @@ def test_the_workflows_own_weights_with_nan_are_refused(tmp_path):
     save_safetensors(tmp_path / "w.safetensors", {"a": torch.tensor([1.0, float("nan")])})
     with pytest.raises(DataError, match="1 tensors hold NaN or infinite values \\(a\\)"):
         load_safetensors(tmp_path / "w.safetensors")
+
+
+def test_a_generated_entry_is_checked_before_any_job(test_cfg, pngs, tmp_path):
+    from diffmem.stages.config import generated_info
+
+    folder, images = pngs
+    heldout = tmp_path / "ho"
+    write_pngs(np.random.default_rng(3).integers(0, 256, (12, 28, 28), dtype=np.uint8),
+               heldout, "h")
+    gen = tmp_path / "gen"
+    write_pngs(np.random.default_rng(4).integers(0, 256, (5, 20, 30), dtype=np.uint8), gen, "g")
+    cfg = copy.deepcopy(test_cfg)
+    cfg["datasets"] = []
+    cfg["generated"] = {"g": {"images": str(gen), "train": str(folder), "heldout": str(heldout)}}
+    check_config(cfg, SCHEMA)
+    info = generated_info(cfg, "g")
+    assert info["size"] == 20 and info["channels"] == 1  # the generated images' shorter side
+    assert info["images"] == {"images": 5, "train": 6, "heldout": 12}
+    c = copy.deepcopy(cfg)
+    c["generated"]["g"]["resize"] = False
+    with pytest.raises(ConfigError, match="config error at generated.g.images: .* is 30x20; "
+                                          "expected 20x20"):
+        check_config(c, SCHEMA)
+    c = copy.deepcopy(cfg)
+    c["generated"]["g"]["heldout"] = str(folder)
+    with pytest.raises(ConfigError, match="config error at generated.g.heldout: .* holds the "
+                                          "same images as train"):
+        check_config(c, SCHEMA)

@@ -26,6 +26,8 @@ RUN_OUTPUTS = [
     "side/nearest.csv",
     "side/metrics.json", "side/pairs.png", "side/nn_similarity.png", "side/ams_ums_vs_scale.png",
     "audit/membership.json", "audit/membership.png", "audit/detectors.json",
+    "audit/membership_scores.npz", "audit/exposure.csv", "audit/exposure.json",
+    "audit/exposure.png",
 ]
 SUMMARY_OUTPUTS = [
     "results/fingerprint/table1_reproductions.csv", "results/fingerprint/table1_reproductions.md",
@@ -111,11 +113,28 @@ def test_every_output_and_the_report(finished):
     assert dup["matching"] == {"shift": 2, "mirror": True}
     mia = json.loads((finished / RUN / "audit/membership.json").read_text())
     assert mia["members"] == 64 and 0 <= mia["ci_low"] <= mia["effect"] <= mia["ci_high"] <= 1
+    # the loss attack, SimA and PIA, each at its t chosen on one half, scored on the other
+    assert set(mia["attacks"]) == {"loss", "sima", "pia"} and mia["fallback"] is None
+    assert mia["chosen"] in mia["attacks"] and mia["effect"] == mia["attacks"][mia["chosen"]][
+        "effect"] and "(chosen on the other half)" in mia["statistic"]
+    sel, sco = mia["halves"]["selection"], mia["halves"]["scoring"]
+    assert sel["members"] + sco["members"] == 64 and mia["n"] == sco["members"]
+    assert sel["nonmembers"] >= 20 and sco["nonmembers"] == mia["null_n"] >= 20
+    exposure = pd.read_csv(finished / RUN / "audit/exposure.csv")
+    assert len(exposure) == 64 and exposure["p_value"].between(0, 1).all()
+    assert {"membership_score", "plain_copies", "side_copies", "walk_back_t50",
+            "bh_pass"} <= set(exposure.columns)
+    assert exposure["walk_back_t50"].notna().sum() == 1  # the fingerprinted target's
+    e = json.loads((finished / RUN / "audit/exposure.json").read_text())
+    assert e["smallest_p"] == pytest.approx(1 / (sco["nonmembers"] + 1))
+    assert e["hits_needed_at_smallest_p"] >= 1 and 0 <= e["bh_passed"] <= 64
+    assert "### Which training images are most exposed" in report and "| PIA" in report
     # the report opens with the verdict: one row per run and question
     assert report.startswith("# Verdict")
     verdict = pd.read_csv(finished / "results/verdict.csv")
-    # four runs (breastmnist, the site's PNGs, two imported models), four questions each
-    assert len(verdict) == 16
+    # four runs (breastmnist, the site's PNGs, two imported models), four questions each, and
+    # one generated image set (only the copy question)
+    assert len(verdict) == 17
     assert set(verdict["answer"]) <= {"yes", "no", "inconclusive", "inconclusive (no null)",
                                       "samples unlike the training data"}
     assert verdict["question"].tolist()[2] == "can training images be told from unseen ones?"
@@ -126,7 +145,8 @@ def test_every_output_and_the_report(finished):
     assert first["answer"] == "samples unlike the training data"
     copies = side["tests"]["plain_copies"]
     assert copies["unlike_p_value"] < 0.05 and 0 < copies["detectable_rate"] == first["detectable"]
-    assert verdict[verdict.question != first["question"]]["detectable"].isna().all()
+    copy_rows = verdict.question.isin([first["question"], "do these images copy training images?"])
+    assert verdict[~copy_rows]["detectable"].isna().all()
     assert "| detectable |" in (finished / "results/verdict.md").read_text()
     assert "the test finds an excess of" in report and "with 80 % power" in report
     nearest = pd.read_csv(finished / RUN / "side/nearest.csv")
@@ -179,6 +199,13 @@ def test_an_imported_model_is_audited_and_found_to_copy(finished):
     own = verdict[verdict["run"] == "model own"].set_index("question")["answer"]
     assert own["does plain sampling copy training images?"] == "yes"
     assert own["can training images be told from unseen ones?"] == "yes"
+    mia = json.loads((run / "audit/membership.json").read_text())
+    # 4 training images cannot be split into halves of 10: the loss attack on all of them
+    assert mia["chosen"] == "loss" and mia["fallback"].startswith("fewer than 10 members")
+    assert mia["attacks"] == {} and "the loss attack on all of them" in mia["statistic"]
+    exposure = pd.read_csv(run / "audit/exposure.csv")
+    assert len(exposure) == 4 and exposure["plain_copies"].sum() > 0
+    assert exposure["walk_back_t50"].notna().sum() == 1  # the most copied image's
     b = json.loads((run / "audit/boundary.json").read_text())
     assert b["query"]["chosen"] == "most copied by plain sampling"
     assert b["query"]["name"] in set(train["names"]) and len(b["t50_control"]) == 2
@@ -232,6 +259,44 @@ def test_a_dataset_of_your_own_pngs_runs_the_fingerprint_branch(finished):
     assert dup["train_images"] == 24 and dup["heldout_images"] == 24
     table1 = pd.read_csv(finished / "results/fingerprint/table1_reproductions.csv")
     assert "site" in set(table1["dataset"])
+
+
+def test_a_generated_image_set_is_audited_without_its_model(finished):
+    """A folder of a generator's PNGs (nested, one 16-bit): the site's training images moved by
+    one pixel. Only the copy question is asked, and it is answered yes."""
+    run = finished / "results/generated/shifted"
+    for rel in ("data/generated.npz", "data/images.json", "near_duplicates.json",
+                "scores/metrics.json", "scores/nearest.csv", "scores/pairs.png",
+                "scores/nn_similarity.png"):
+        assert (run / rel).stat().st_size > 0, rel
+    assert np.load(run / "data/generated.npz")["images"].shape == (24, 28, 28)
+    verdict = pd.read_csv(finished / "results/verdict.csv")
+    row = verdict[verdict["run"] == "generated shifted"]
+    assert row["question"].tolist() == ["do these images copy training images?"]
+    assert row["answer"].tolist() == ["yes"] and row["detectable"].notna().all()
+    nearest = pd.read_csv(run / "scores/nearest.csv")
+    assert len(nearest) == 24 and nearest["copy"].all()
+    assert set(nearest["set"]) == {"generated images"}
+    assert nearest["transform"].str.startswith("shifted dx=").mean() > 0.9  # found moved
+    assert (nearest["pixel_similarity"] < nearest["similarity"]).mean() > 0.9
+    report = (finished / "results/report.md").read_text()
+    section = report.split("## Generated images shifted")[1].split("\n## ")[0]
+    assert "Membership inference, the walk-back and SIDE need the generator's model" in section
+    assert "generated images (plain pixels)" in section and "pairs.png" in section
+
+
+def test_the_known_truth_study_runs_with_two_seeds(finished):
+    table = pd.read_csv(finished / "results/study/breastmnist/table.csv").set_index("stand-in")
+    assert (table["seeds"] == 2).all()
+    for name in ("copies shifted 1 px", "copies shifted 2 px", "copies mirrored",
+                 "copies + noise (σ = 2 grey levels)"):
+        assert table.loc[name, "yes"] == 2, name
+    assert table.loc["unseen images", "yes"] == 0
+    assert table.loc["pure noise", "verdicts"] == "samples unlike the training data 2"
+    runs = pd.read_csv(finished / "results/study/breastmnist/runs.csv")
+    assert len(runs) == 2 * len(table) and runs["detectable"].between(0, 1).all()
+    report = (finished / "results/report.md").read_text()
+    assert "## Known-truth study of the copy verdict" in report
 
 
 def test_pickled_only_model_is_refused_before_any_job(tmp_path):
@@ -413,12 +478,16 @@ def test_a_new_size_adds_only_its_own_jobs(finished):
 
 
 def test_a_scoring_setting_reruns_the_scores_not_the_models(finished):
+    # the scores (and what reads them: the exposure, a generated set's scores, the study)
+    scores = {"extraction_metrics", "exposure", "generated_scores", "known_truth_study",
+              "verdict", "report", "all"}
     jobs = dry_run_with(finished, "s.yaml", lambda c: c["scoring"].update(min_tail=4))
-    assert set(jobs) == {"extraction_metrics", "verdict", "report", "all"}, jobs
+    assert set(jobs) == scores, jobs
     jobs = dry_run_with(finished, "d.yaml", lambda c: c["duplicates"].update(threshold=4.0))
-    # the imported model's own groups too, and its boundary search's controls depend on them
-    assert set(jobs) == {"near_duplicates", "model_duplicates", "boundary_search_images",
-                         "extraction_metrics", "membership", "verdict", "report", "all"}, jobs
+    # every set's groups, and what stands on them: the imported model's boundary search's
+    # controls, membership's halves and null
+    assert set(jobs) == scores | {"near_duplicates", "model_duplicates", "generated_duplicates",
+                                  "boundary_search_images", "membership"}, jobs
 
 
 def test_training_killed_mid_run_resumes_on_the_next_run(tmp_path, data_root):

@@ -17,5 +17,6 @@ with logged(sm.log[0]):
             bf16=sm.params.bf16,
             out_json=sm.output.summary,
             out_png=sm.output.figure,
+            out_scores=sm.output.scores,
         )
     )

@@ -14,4 +14,6 @@ with logged(sm.log[0]):
         fingerprint_figure=list(sm.input.tables)[2] if sm.input.tables else None,
         verdict=sm.input.verdict,
         duplicates=list(sm.input.duplicates),
+        generated=sm.params.generated,
+        studies=list(sm.input.studies),
     )

@@ -9,6 +9,7 @@ with logged(sm.log[0]):
             metrics=list(sm.input.metrics),
             membership=list(sm.input.membership),
             boundaries=list(sm.input.boundaries),
+            generated=dict(zip(sm.params.generated, sm.input.generated, strict=True)),
             alpha=sm.params.alpha,
             out_csv=sm.output.csv,
             out_md=sm.output.markdown,

@@ -73,9 +73,9 @@ def check_images(source: str | Path, *, size: int, resize: bool = True) -> dict:
     if path.suffix == ".npz":
         images = _npz_images(path)
         if not resize and images.shape[1:3] != (size, size):
-            raise DataError(f"{path}: images are {images.shape[2]}x{images.shape[1]}; the model "
-                            f"takes {size}x{size} (set resize: true to resize the shorter side "
-                            f"and crop the centre)")
+            raise DataError(f"{path}: images are {images.shape[2]}x{images.shape[1]}; expected "
+                            f"{size}x{size}, the size the audit reads (set resize: true to "
+                            f"resize the shorter side and crop the centre)")
         st = path.stat()
         return {"count": int(len(images)),
                 "digest": _digest([[path.name, st.st_size, st.st_mtime_ns]])}
@@ -91,11 +91,28 @@ def check_images(source: str | Path, *, size: int, resize: bool = True) -> dict:
         if mode not in MODES:
             raise DataError(f"{f} has PIL mode {mode!r}; expected one of {', '.join(MODES)}")
         if not resize and (w, h) != (size, size):
-            raise DataError(f"{f} is {w}x{h}; the model takes {size}x{size} (set resize: true "
-                            f"to resize the shorter side and crop the centre)")
+            raise DataError(f"{f} is {w}x{h}; expected {size}x{size}, the size the audit "
+                            f"reads (set resize: true to resize the shorter side and crop the "
+                            f"centre)")
         st = f.stat()
         rows.append([f.relative_to(path).as_posix(), st.st_size, st.st_mtime_ns])
     return {"count": len(rows), "digest": _digest(rows)}
+
+
+def image_size(source: str | Path) -> int:
+    """The shorter side of a source's first image (its header only): the size a ``generated``
+    entry's images are brought to unless it says otherwise."""
+    path = Path(source).expanduser()
+    if path.suffix == ".npz":
+        return int(min(_npz_images(path).shape[1:3]))
+    from PIL import Image
+
+    first = list_image_files(path)[0]
+    try:
+        with Image.open(first) as img:
+            return int(min(img.size))
+    except Exception as err:
+        raise DataError(f"cannot read image {first} ({err})") from None
 
 
 def _digest(rows) -> str:
@@ -189,8 +206,8 @@ def _resize(a: np.ndarray, size: int, resize: bool, where: str) -> np.ndarray:
     if (h, w) == (size, size):
         return a
     if not resize:
-        raise DataError(f"{where} is {w}x{h}; the model takes {size}x{size} (set resize: true "
-                        f"to resize the shorter side and crop the centre)")
+        raise DataError(f"{where} is {w}x{h}; expected {size}x{size}, the size the audit reads "
+                        f"(set resize: true to resize the shorter side and crop the centre)")
     scale = size / min(h, w)
     nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
     img = Image.fromarray(a).resize((nw, nh), Image.BILINEAR)  # antialiased when shrinking

@@ -65,6 +65,7 @@ from .stats import (
 )
 
 PLAIN, SIDE, SIDE_BEST = "plain sampling", "SIDE", "SIDE best scale (held-out half)"
+GENERATED = "generated images"  # a folder of a generator's images, audited without its model
 NULL, HELDOUT = "unseen real images (null)", "held-out real images (all, twins included)"
 
 
@@ -123,18 +124,26 @@ class Scorer:
 
 def score_run(*, train: np.ndarray, groups: np.ndarray, plain: np.ndarray,
               side_sets: dict[float, tuple[np.ndarray, np.ndarray]], pool: dict,
-              heldout: np.ndarray | None, cfg: dict, device="cpu") -> dict:
-    """Score every set beside the null and run the tests (see the module docstring)."""
+              heldout: np.ndarray | None, cfg: dict, device="cpu", label: str = PLAIN,
+              question: str = "does plain sampling copy training images?",
+              null_nns: dict | None = None) -> dict:
+    """Score every set beside the null and run the tests (see the module docstring).
+
+    ``plain`` is the generated set the copy question is asked of, named ``label`` (plain
+    samples of a model, or a folder of generated images); ``null_nns`` (:meth:`Scorer.nn` of the
+    pool's ``score`` and ``calibrate`` halves, for these training images and settings) skips
+    recomputing them when many sets are scored against one null. SIDE's sets (``side_sets``)
+    come with a model's plain samples (``label`` left as it is)."""
     rng = np.random.default_rng(int(cfg.get("seed", 4)))
     scorer = Scorer(train, groups, cfg, device)
     primary = cfg.get("similarity", "cosine")
     # no unseen image at all (an imported model without held-out images): every score is
     # reported, none is tested against a null, and the bands come from the training images
     no_null = len(pool["score"]) == 0
-    nns = {PLAIN: scorer.nn(plain)}
+    nns = {label: scorer.nn(plain)}
     if not no_null:
-        nns[NULL] = scorer.nn(pool["images"][pool["score"]])
-        cal = scorer.nn(pool["images"][pool["calibrate"]])
+        null_nns = null_nns or null_neighbours(scorer, pool)
+        nns[NULL], cal = null_nns["score"], null_nns["calibrate"]
     quantiles, tail = cfg.get("band_quantiles", [0.5, 0.9, 0.99]), int(cfg.get("min_tail", 5))
     bands = {}
     for kind in KINDS:
@@ -187,7 +196,7 @@ def score_run(*, train: np.ndarray, groups: np.ndarray, plain: np.ndarray,
         b = band_intervals(scorer.edges[kind])[BAND_NAMES.index(band)]
         return int(in_band(nns[key][kind]["sim"][:, 0], b).sum()), sizes[key]
 
-    k_plain, n_plain = high_hits(PLAIN)
+    k_plain, n_plain = high_hits(label)
     alpha, margin = float(cfg.get("alpha", 0.05)), float(cfg.get("margin_copies", 0.05))
     if no_null:
         copies = untested(k_plain / n_plain, n_plain, "no unseen images to compare with")
@@ -199,11 +208,12 @@ def score_run(*, train: np.ndarray, groups: np.ndarray, plain: np.ndarray,
         copies |= {"detectable_rate": detectable_rate(n_plain, copies["null_n"], p0,
                                                       alpha=alpha),
                    "null_rate_calibration": p0, "detectable_power": 0.8,
-                   "unlike_p_value": less_similar(nns[PLAIN][primary]["sim"][:, 0],
+                   "unlike_p_value": less_similar(nns[label][primary]["sim"][:, 0],
                                                   nns[NULL][primary]["sim"][:, 0])}
+    what = "plain samples" if label == PLAIN else label
     tests = {"plain_copies": {
-        "question": "does plain sampling copy training images?",
-        "statistic": f"excess share of plain samples in the high {primary} band over unseen "
+        "question": question,
+        "statistic": f"excess share of {what} in the high {primary} band over unseen "
                      f"images (p_gen − p_null)",
         **copies, "margin": margin, "null_effect": 0.0,
         "matching": {"shift": scorer.matching.shift, "mirror": scorer.matching.mirror},
@@ -213,11 +223,28 @@ def score_run(*, train: np.ndarray, groups: np.ndarray, plain: np.ndarray,
     if best is not None:  # SIDE against plain sampling: a comparison that needs no unseen image
         tests["side_extracts_more"] = _side_vs_plain(scorer, nns, best, primary, rng, cfg)
     secondary = [] if no_null else _secondary(scorer, nns, sizes, side_sets, primary, high_hits,
-                                              cfg)
+                                              cfg, label)
     return {"table": table, "bands": bands, "tests": tests, "secondary": secondary,
+            "label": label,
             "best_scale": best, "selection": selection, "equal_size": m, "nns": nns,
             "primary_similarity": primary, "top_k": scorer.k,
             "halves": None if halves is None else [len(halves[0]), len(halves[1])]}
+
+
+def score_generated(*, train: np.ndarray, groups: np.ndarray, generated: np.ndarray,
+                    pool: dict, cfg: dict, device="cpu", heldout: np.ndarray | None = None,
+                    null_nns: dict | None = None) -> dict:
+    """A generator's images scored beside the null, without its model: the copy question only
+    (membership, the walk-back and SIDE need the model). The one scoring path of a
+    ``generated:`` entry and of the known-truth study's stand-ins."""
+    return score_run(train=train, groups=groups, plain=generated, side_sets={}, pool=pool,
+                     heldout=heldout, cfg=cfg, device=device, label=GENERATED,
+                     question="do these images copy training images?", null_nns=null_nns)
+
+
+def null_neighbours(scorer: Scorer, pool: dict) -> dict:
+    """:meth:`Scorer.nn` of the null's two halves (``score``, ``calibrate``)."""
+    return {half: scorer.nn(pool["images"][pool[half]]) for half in ("score", "calibrate")}
 
 
 def per_image(res: dict, names: list[str] | None = None) -> pd.DataFrame:
@@ -229,9 +256,9 @@ def per_image(res: dict, names: list[str] | None = None) -> pd.DataFrame:
     high = res["bands"][primary]["edges"][2]
     frames = []
     for key, v in res["nns"].items():
-        if key != PLAIN and not (isinstance(key, tuple) and key[0] == SIDE):
+        if key != res["label"] and not (isinstance(key, tuple) and key[0] == SIDE):
             continue  # the null, the held-out images, SIDE's best scale (a subset of a scale)
-        method, scale = (PLAIN, None) if key == PLAIN else key
+        method, scale = (key, None) if key == res["label"] else key
         nn_, pix = v[primary], v["pixel"]
         j = nn_["index"][:, 0]
         frames.append(pd.DataFrame({
@@ -283,15 +310,16 @@ def _side_vs_plain(scorer, nns, best, primary, rng, cfg) -> dict:
                     "on counts where that is wider"}
 
 
-def _secondary(scorer, nns, sizes, side_sets, primary, high_hits, cfg) -> list[dict]:
+def _secondary(scorer, nns, sizes, side_sets, primary, high_hits, cfg, label) -> list[dict]:
     out = []
+    short = "plain" if label == PLAIN else label
     other = next(k for k in SIMILARITIES if k != primary)
     for band in ("low", "mid"):
-        out.append({"name": f"plain vs null: AMS {band} band ({primary})",
-                    **rate_excess(*high_hits(PLAIN, primary, band),
+        out.append({"name": f"{short} vs null: AMS {band} band ({primary})",
+                    **rate_excess(*high_hits(label, primary, band),
                                   *high_hits(NULL, primary, band))})
-    out.append({"name": f"plain vs null: AMS high band ({other})",
-                **rate_excess(*high_hits(PLAIN, other), *high_hits(NULL, other))})
+    out.append({"name": f"{short} vs null: AMS high band ({other})",
+                **rate_excess(*high_hits(label, other), *high_hits(NULL, other))})
 
     def carlini_hits(key):
         view = scorer.carlini_view(nns[key])
@@ -299,11 +327,11 @@ def _secondary(scorer, nns, sizes, side_sets, primary, high_hits, cfg) -> list[d
                                cfg["carlini"]["delta"])
         return int(ex.sum()), len(ex)
 
-    out.append({"name": "plain vs null: Carlini extraction rate",
-                **rate_excess(*carlini_hits(PLAIN), *carlini_hits(NULL))})
-    out.append({"name": f"plain vs null: nearest-training {primary} similarity, AUC "
+    out.append({"name": f"{short} vs null: Carlini extraction rate",
+                **rate_excess(*carlini_hits(label), *carlini_hits(NULL))})
+    out.append({"name": f"{short} vs null: nearest-training {primary} similarity, AUC "
                          f"(Meehan et al. 2020)",
-                **auc_test(nns[PLAIN][primary]["sim"][:, 0], nns[NULL][primary]["sim"][:, 0],
+                **auc_test(nns[label][primary]["sim"][:, 0], nns[NULL][primary]["sim"][:, 0],
                            seed=int(cfg.get("seed", 4)), boot=200)})
     for s in side_sets:
         out.append({"name": f"SIDE scale {s:g} vs null: AMS high band ({primary})",

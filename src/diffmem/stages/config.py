@@ -13,7 +13,13 @@ from pathlib import Path
 
 import yaml
 
-from ..data.images import check_images, count_images, list_image_files, same_images
+from ..data.images import (
+    check_images,
+    count_images,
+    image_size,
+    list_image_files,
+    same_images,
+)
 from ..data.medmnist import max_train_size, medmnist_info
 from ..diffusion.pretrained import diffusion_from_scheduler, inspect_model_folder
 from ..diffusion.schedule import MAX_SIGNAL, first_step, signal_at_start
@@ -134,9 +140,10 @@ def dataset_images(config: dict, name: str) -> dict | None:
 def _cross_checks(config: dict) -> None:
 
     names = dataset_names(config)
-    if not names and not config.get("models"):
-        raise ConfigError("config error at datasets: no dataset and no models; expected a "
-                          "MedMNIST flag or an image dataset in datasets, or an entry in models")
+    if not names and not any(config.get(k) for k in ("models", "generated", "study")):
+        raise ConfigError("config error at datasets: no dataset, model, generated set or study; "
+                          "expected a MedMNIST flag or an image dataset in datasets, or an entry "
+                          "in models or generated, or a study")
     for i, entry in enumerate(config["datasets"]):
         try:
             if isinstance(entry, str):
@@ -172,6 +179,21 @@ def _cross_checks(config: dict) -> None:
                                   f"{limit} training images; the maximum is {limit}")
     for name in config.get("models") or {}:
         model_info(config, name)
+    for name in config.get("generated") or {}:
+        generated_info(config, name)
+    study = config.get("study")
+    if study:
+        if study["dataset"] not in names and dataset_entry(config, study["dataset"]) is None:
+            try:
+                medmnist_info(study["dataset"])
+            except DataError as err:
+                raise ConfigError(f"config error at study.dataset: {err}") from None
+        limit = dataset_size(config, study["dataset"])
+        n_train = study.get("n_train", STUDY_DEFAULTS["n_train"])
+        if n_train >= limit:
+            raise ConfigError(f"config error at study.n_train: {n_train} leaves none of the "
+                              f"{limit} training images of {study['dataset']} unused; expected "
+                              f"fewer (the unused ones enlarge the null)")
     radius = config["saf"]["radius"]
     if 2 * math.ceil(radius) >= config["image_size"]:
         raise ConfigError(f"config error at saf.radius: a disc of radius {radius} does not fit "
@@ -252,7 +274,10 @@ def _cross_checks(config: dict) -> None:
                               f"beta_schedule")
 
 
-RESERVED = ("models", "fingerprint")
+RESERVED = ("models", "fingerprint", "generated", "study")
+# the known-truth study's settings when the config's study section leaves them out
+STUDY_DEFAULTS = {"n_train": 200, "seeds": 20, "generated": 126, "shifts": [1, 2],
+                  "mixture_rates": [0.05, 0.1, 0.2, 0.3, 0.5], "noise_std": 2.0, "seed": 0}
 
 
 def dataset_names(config: dict) -> list[str]:
@@ -333,6 +358,56 @@ def _start_words(diff: dict, sample: dict) -> str:
     return f"step {t0} with {sample['sampler']}, {sample['steps']} steps"
 
 
+def entry_images(config: dict, entry: dict, where: str, size: int, keys) -> tuple[dict, dict]:
+    """The image sources of a ``models`` or ``generated`` entry, checked before any job (every
+    header; at least 2 training images; a held-out set that is not the training set and can
+    set the bands, or none and enough training images for the reference bands). Returns
+    (counts, digests) by key."""
+    counts, digests = {}, {}
+    for key in keys:
+        if entry.get(key):
+            try:
+                got = images_of(entry[key], size, entry.get("resize", True))
+            except DataError as err:
+                raise ConfigError(f"config error at {where}.{key}: {err}") from None
+            counts[key], digests[key] = got["count"], got["digest"]
+    if "heldout" in counts and same_images(entry["train"], entry["heldout"]):
+        raise ConfigError(f"config error at {where}.heldout: {entry['heldout']} holds the same "
+                          f"images as train {entry['train']}; held-out images must be images "
+                          f"the model never saw (or leave heldout out to audit without a null)")
+    for key in keys:
+        if key != "heldout" and counts[key] < 2:
+            raise ConfigError(f"config error at {where}.{key}: {counts[key]} image; expected "
+                              f"at least 2")
+    scoring = config.get("scoring") or {}
+    need = 2 * int(scoring.get("min_tail", 5))
+    if "heldout" in counts and counts["heldout"] < need and not scoring.get("fixed_bands"):
+        raise ConfigError(f"config error at {where}.heldout: {counts['heldout']} images cannot "
+                          f"calibrate the similarity bands; expected at least {need} (2 x "
+                          f"scoring.min_tail), or set scoring.fixed_bands, or leave heldout out "
+                          f"to audit without a null")
+    if "heldout" not in counts and counts["train"] < need:
+        raise ConfigError(f"config error at {where}.heldout: none given, so the similarity bands "
+                          f"come from the {counts['train']} training images themselves; expected "
+                          f"at least {need} of them (2 x scoring.min_tail), or held-out images")
+    return counts, digests
+
+
+def generated_info(config: dict, name: str) -> dict:
+    """Check one ``generated`` entry before any job: its generated, training and held-out
+    images, brought to one size (``size``, default the generated images' own) and channel
+    count (``channels``, default 1). Returns what the rules need."""
+    entry = config["generated"][name]
+    where = f"generated.{name}"
+    try:
+        size = int(entry.get("size") or image_size(entry["images"]))
+    except DataError as err:
+        raise ConfigError(f"config error at {where}.images: {err}") from None
+    counts, digests = entry_images(config, entry, where, size, ("images", "train", "heldout"))
+    return {"size": size, "channels": int(entry.get("channels", 1)), "images": counts,
+            "images_digest": digests}
+
+
 def model_info(config: dict, name: str) -> dict:
     """Check one ``models`` entry before any job: the folder (JSON only, never unpickling),
     the scheduler, the images and the boundary-search choices. Returns what the rules need."""
@@ -351,32 +426,7 @@ def model_info(config: dict, name: str) -> dict:
         raise ConfigError(f"config error at {where}.folder: a U-Net with {channels} input and "
                           f"{unet.get('out_channels')} output channels; expected 1 or 3 of each "
                           f"(grey or RGB images, ε or v prediction)")
-    counts, digests = {}, {}
-    for key in ("train", "heldout"):
-        if entry.get(key):
-            try:
-                got = images_of(entry[key], size, entry.get("resize", True))
-            except DataError as err:
-                raise ConfigError(f"config error at {where}.{key}: {err}") from None
-            counts[key], digests[key] = got["count"], got["digest"]
-    if "heldout" in counts and same_images(entry["train"], entry["heldout"]):
-        raise ConfigError(f"config error at {where}.heldout: {entry['heldout']} holds the same "
-                          f"images as train {entry['train']}; held-out images must be images "
-                          f"the model never saw (or leave heldout out to audit without a null)")
-    if counts["train"] < 2:
-        raise ConfigError(f"config error at {where}.train: {counts['train']} image; expected "
-                          f"at least 2")
-    scoring = config.get("scoring") or {}
-    need = 2 * int(scoring.get("min_tail", 5))
-    if "heldout" in counts and counts["heldout"] < need and not scoring.get("fixed_bands"):
-        raise ConfigError(f"config error at {where}.heldout: {counts['heldout']} images cannot "
-                          f"calibrate the similarity bands; expected at least {need} (2 x "
-                          f"scoring.min_tail), or set scoring.fixed_bands, or leave heldout out "
-                          f"to audit without a null")
-    if "heldout" not in counts and counts["train"] < need:
-        raise ConfigError(f"config error at {where}.heldout: none given, so the similarity bands "
-                          f"come from the {counts['train']} training images themselves; expected "
-                          f"at least {need} of them (2 x scoring.min_tail), or held-out images")
+    counts, digests = entry_images(config, entry, where, size, ("train", "heldout"))
     chosen = entry.get("boundary_images") or []
     if any(isinstance(c, str) for c in chosen) and not entry["train"].endswith(".npz"):
         root = Path(entry["train"]).expanduser()

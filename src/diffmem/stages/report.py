@@ -217,9 +217,9 @@ def _power_words(t: dict) -> str:
                    f"one-sided Mann–Whitney p = {t['unlike_p_value']:.3g}.")
 
 
-def side_section(side: Path, base: Path) -> list[str]:
-    m = load_json(side / "metrics.json")
-    clf = load_json(side / "classifier.json")
+def scores_lines(m: dict) -> list[str]:
+    """The scores of one run (a model's plain samples and SIDE, or a generated set) beside the
+    null: the bands, the table, the primary and the secondary tests."""
     kind = m["primary_similarity"]
     e = m["bands"][kind]["edges"]
     bands = m["bands"][kind]
@@ -282,6 +282,13 @@ def side_section(side: Path, base: Path) -> list[str]:
     for t in m["secondary"]:
         lines.append(f"| {t['name']} | {t['effect']:.3f} [{t['ci_low']:.3f}, "
                      f"{t['ci_high']:.3f}] | {t['p_value']:.3g} | {t['p_holm']:.3g} |")
+    return lines
+
+
+def side_section(side: Path, base: Path) -> list[str]:
+    m = load_json(side / "metrics.json")
+    clf = load_json(side / "classifier.json")
+    lines = scores_lines(m)
     acc = ", ".join(f"t∈[{a['t_from']},{a['t_to']}): {a['accuracy']:.2f}"
                     for a in clf["accuracy_by_t"])
     lines += ["", f"Every guidance scale is in the table; the best scale ({m['best_scale']:g}) "
@@ -300,21 +307,92 @@ def side_section(side: Path, base: Path) -> list[str]:
     return lines
 
 
+def generated_section(run_dir: Path, base: Path, name: str) -> str:
+    """A generator's images audited without its model: the images, their near-duplicates and
+    the copy question beside the null."""
+    images = load_json(run_dir / "data/images.json")
+    dup = load_json(run_dir / "near_duplicates.json")
+    m = load_json(run_dir / "scores/metrics.json")
+    rows = [("generated images", f"`{images['generated']}`: {images['generated_images']} images "
+                                 f"({images['image_size']} px, {images['channels']} channel(s), "
+                                 f"resize {images['resize']})"),
+            ("training / held-out images", f"{images['train_images']} / "
+                                           f"{images['heldout_images']}"),
+            ("held-out images sharing a near-duplicate group with a training image",
+             f"{dup['heldout_images_sharing_a_group_with_train']} (left out of the null)")]
+    return "\n".join([
+        f"## Generated images {name}", "",
+        "Audited from the images alone: only *do these images copy training images?* is asked. "
+        "Membership inference, the walk-back and SIDE need the generator's model, which was not "
+        "given.", "", _table(rows), "", *scores_lines(m), "",
+        f"![pairs]({_rel(run_dir / 'scores/pairs.png', base)})", "",
+        "*Top pairs: generated image (top) and its nearest training image, with the transform "
+        "that matched.*", "",
+        f"![hist]({_rel(run_dir / 'scores/nn_similarity.png', base)})", "",
+        "*Nearest-training similarity of the generated images beside unseen real images (the "
+        "null), with the band edges.*", ""])
+
+
+def study_section(table_md: str) -> list[str]:
+    return ["## Known-truth study of the copy verdict", "",
+            "Stand-in generators whose answer is known, built from the dataset's own images and "
+            "scored exactly as a generated image set is; the verdict's answers counted over the "
+            "seeds.", "", Path(table_md).read_text().rstrip(), ""]
+
+
 def membership_section(audit: Path, base: Path) -> list[str]:
     s = load_json(audit / "membership.json")
+    head = ["### Membership inference", ""]
     if s.get("effect") is None:
-        return ["### Membership inference (loss attack)", "",
-                f"**Not run: {s['no_null']}** (the attack's null). Mean denoising loss of the "
-                f"{s['members']} training images: {s['mean_loss_members']:.4f}.", "",
-                f"![membership]({_rel(audit / 'membership.png', base)})", ""]
-    by_t = ", ".join(f"t/T = {a['t_over_T']:g}: {a['auc']:.3f}" for a in s["auc_by_t"])
-    return ["### Membership inference (loss attack)", "",
-            f"AUC {_fmt_test(s)} over {s['members']} training and {s['nonmembers']} unseen "
-            f"images (chance 0.5); TPR {s['tpr']:.3f} [{s['tpr_ci_low']:.3f}, "
-            f"{s['tpr_ci_high']:.3f}] at FPR {s['fpr_achieved']:.3f}. Mean denoising loss "
-            f"{s['mean_loss_members']:.4f} (training) vs {s['mean_loss_nonmembers']:.4f} "
-            f"(unseen). AUC by noise level (not tested separately): {by_t}.", "",
-            f"![membership]({_rel(audit / 'membership.png', base)})", ""]
+        return head + [f"**Not run: {s['no_null']}** (the attacks' null). Mean denoising loss "
+                       f"of the {s['members']} training images: {s['mean_loss_members']:.4f}.",
+                       "", f"![membership]({_rel(audit / 'membership.png', base)})", ""]
+    names = {"loss": "loss", "sima": "SimA", "pia": "PIA"}
+    if s.get("fallback"):
+        lines = [f"**The loss attack on every image** ({s['fallback']}). AUC {_fmt_test(s)} "
+                 f"over {s['members']} training and {s['nonmembers']} unseen images (chance "
+                 f"0.5); TPR {s['tpr']:.3f} [{s['tpr_ci_low']:.3f}, {s['tpr_ci_high']:.3f}] "
+                 f"at FPR {s['fpr_achieved']:.3f}."]
+    else:
+        h = s["halves"]
+        sel, sco = h["selection"], h["scoring"]
+        lines = [f"Every attack tried at t/T ∈ the grid on a selection half ({sel['members']} "
+                 f"training, {sel['nonmembers']} unseen images); the "
+                 f"chosen one, **{names[s['chosen']]} at t/T = {s['chosen_t_over_T']:g}**, and "
+                 f"every attack at its own chosen t are reported on the other half "
+                 f"({sco['members']} training, {sco['nonmembers']} unseen images): AUC "
+                 f"{_fmt_test(s)} (chance 0.5).", "",
+                 "| attack | queries per image | t/T (chosen on the selection half) | "
+                 "selection AUC | AUC [95 %] (scoring half) | TPR at 1 % FPR [95 %] | "
+                 "TPR at 0.1 % FPR |", "|---|---|---|---|---|---|---|"]
+        for name, r in s["attacks"].items():
+            low = "–" if "tpr_0.1%" not in r else \
+                f"{r['tpr_0.1%']:.3f} [{r['tpr_0.1%_ci'][0]:.3f}, {r['tpr_0.1%_ci'][1]:.3f}]"
+            lines.append(f"| {names[name]}{' (chosen)' if name == s['chosen'] else ''} | "
+                         f"{r['queries']} | {r['t_over_T']:g} | {r['selection_auc']:.3f} | "
+                         f"{r['effect']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] | "
+                         f"{r['tpr']:.3f} [{r['tpr_ci_low']:.3f}, {r['tpr_ci_high']:.3f}] at "
+                         f"{r['fpr_achieved']:.3f} | {low} |")
+        lines += ["", "TPR at 0.1 % FPR is shown only where at least 1,000 unseen images can "
+                      "resolve it; an FPR above the target means the null is too small to "
+                      "resolve it (the smallest FPR it can show)."]
+    lines += ["", f"![membership]({_rel(audit / 'membership.png', base)})", "",
+              "*Scores of the chosen attack, training vs unseen images, and every attack's ROC "
+              "on a log-scaled FPR axis.*", ""]
+    if (audit / "exposure.json").exists():
+        e = load_json(audit / "exposure.json")
+        lines += ["### Which training images are most exposed", "",
+                  f"Each training image's membership p-value against the {e['nonmembers']} "
+                  f"unseen images of the scoring half (`exposure.csv`, with the samples that "
+                  f"copy it and its walk-back t50 where the boundary search ran from it): "
+                  f"**{e['bh_passed']} of {e['scored']}** pass Benjamini–Hochberg at q = "
+                  f"{e['q']:g}. The smallest attainable p is {_num(e['smallest_p'], fmt='.4f')}"
+                  f" (1/(n + 1)); at that p Benjamini–Hochberg needs "
+                  f"{e['hits_needed_at_smallest_p']} simultaneous hits, so fewer exposed images "
+                  f"cannot show. {e['copied_training_images']} training images are copied by "
+                  f"at least one plain sample.", "",
+                  f"![exposure]({_rel(audit / 'exposure.png', base)})", ""]
+    return head + lines
 
 
 def duplicates_lines(paths: list[str], base: Path) -> list[str]:
@@ -335,7 +413,10 @@ def duplicates_lines(paths: list[str], base: Path) -> list[str]:
 
 def report_stage(*, out_markdown: str, runs: list, run_dirs: list[str], title: str, settings: dict,
                  fingerprint_tables: list[str] | None = None, fingerprint_figure: str | None = None,
-                 verdict: str | None = None, duplicates: list[str] | None = None) -> None:
+                 verdict: str | None = None, duplicates: list[str] | None = None,
+                 generated: dict | None = None, studies: list[str] | None = None) -> None:
+    """The report; ``generated``: name → run folder of each generated image set; ``studies``:
+    the known-truth studies' Markdown tables."""
     base = Path(out_markdown).parent
     lines = [f"# Verdict — {title}", ""]
     if verdict:
@@ -368,6 +449,10 @@ def report_stage(*, out_markdown: str, runs: list, run_dirs: list[str], title: s
         else:
             dataset, n, seed = run
             lines.append(run_section(Path(run_dir), base, dataset, int(n), int(seed)))
+    for name, run_dir in (generated or {}).items():
+        lines.append(generated_section(Path(run_dir), base, name))
+    for table in studies or []:
+        lines += study_section(table)
     lines += ["## Settings", "", "```yaml", yaml.safe_dump(settings, sort_keys=False).rstrip(),
               "```", ""]
     save_text(out_markdown, "\n".join(lines))

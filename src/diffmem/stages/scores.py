@@ -20,11 +20,8 @@ def extraction_metrics_stage(*, train_npz: str, plain_npz: str, side_npzs: list[
                              out_json: str, out_pairs_png: str, out_hist_png: str,
                              out_scale_png: str, out_nearest_csv: str) -> dict:
     dev = resolve_device(device)
-    tr = load_npz(train_npz)
-    heldout = load_npz(heldout_npz)["images"]
-    pool, groups = run_null_pool(
-        train_indices=tr["indices"], heldout=heldout, unused=load_npz(unused_npz),
-        duplicates=load_npz(duplicates_npz) if duplicates_npz else None, cfg=cfg)
+    tr, heldout, pool, groups = load_with_null(train_npz, heldout_npz, unused_npz,
+                                               duplicates_npz, cfg)
     side_sets = {}
     for s, p in zip(scales, side_npzs, strict=True):
         d = load_npz(p)
@@ -32,6 +29,43 @@ def extraction_metrics_stage(*, train_npz: str, plain_npz: str, side_npzs: list[
     plain = load_npz(plain_npz)["images"]
     res = score_run(train=tr["images"], groups=groups, plain=plain,
                     side_sets=side_sets, pool=pool, heldout=heldout, cfg=cfg, device=dev)
+    summary = write_scores(res, tr, pool, out_csv=out_csv, out_nearest_csv=out_nearest_csv,
+                           out_hist_png=out_hist_png)
+    summary |= {"best_scale": res["best_scale"],
+                "best_scale_selection_ums_high": {f"{k:g}": v
+                                                  for k, v in res["selection"].items()},
+                "side_halves": res["halves"],
+                "budget": min((len(v[0]) for v in side_sets.values()), default=0)}
+    save_json(out_json, summary)
+    nns, primary = res["nns"], res["primary_similarity"]
+    best = res["best_scale"]
+    if best is not None:
+        pairs_figure(side_sets[best][0], tr["images"], nns[(SIDE, best)][primary], out_pairs_png,
+                      f"SIDE (scale {best:g}): top pairs, generated | nearest training image")
+    else:
+        pairs_figure(plain, tr["images"], nns[PLAIN][primary],
+                      out_pairs_png, "plain sampling: top pairs")
+    _scale_figure(res["table"][res["table"]["similarity"] == primary], out_scale_png)
+    return summary
+
+
+def load_with_null(train_npz: str, heldout_npz: str, unused_npz: str,
+                   duplicates_npz: str | None, cfg: dict) -> tuple:
+    """A run's training and held-out files with its null: (train, held-out images, pool,
+    training groups)."""
+    tr = load_npz(train_npz)
+    heldout = load_npz(heldout_npz)["images"]
+    pool, groups = run_null_pool(
+        train_indices=tr["indices"], heldout=heldout, unused=load_npz(unused_npz),
+        duplicates=load_npz(duplicates_npz) if duplicates_npz else None, cfg=cfg)
+    return tr, heldout, pool, groups
+
+
+def write_scores(res: dict, tr: dict, pool: dict, *, out_csv: str, out_nearest_csv: str,
+                 out_hist_png: str) -> dict:
+    """The files every scored run writes (the table, the per-image CSV, the similarity
+    histogram beside the null) and its summary (the bands, the null's composition, the tests),
+    which the caller completes and saves."""
     table = res["table"]
     save_csv(out_csv, table)
     names = [str(n) for n in tr["names"]] if "names" in tr else None
@@ -40,28 +74,17 @@ def extraction_metrics_stage(*, train_npz: str, plain_npz: str, side_npzs: list[
         "no_null": len(pool["score"]) == 0,
         "primary_similarity": res["primary_similarity"], "bands": res["bands"],
         "equal_size": res["equal_size"], "top_k": res["top_k"],
-        "null": pool["counts"],
+        "null": pool["counts"], "label": res["label"],
         "rows": table.replace({np.nan: None}).to_dict(orient="records"),
-        "tests": res["tests"], "secondary": res["secondary"], "best_scale": res["best_scale"],
-        "best_scale_selection_ums_high": {f"{k:g}": v for k, v in res["selection"].items()},
-        "side_halves": res["halves"], "budget": min((len(v[0]) for v in side_sets.values()),
-                                                    default=0),
+        "tests": res["tests"], "secondary": res["secondary"],
     }
-    save_json(out_json, summary)
-    nns, primary = res["nns"], res["primary_similarity"]
-    best = res["best_scale"]
-    if best is not None:
-        _pairs_figure(side_sets[best][0], tr["images"], nns[(SIDE, best)][primary], out_pairs_png,
-                      f"SIDE (scale {best:g}): top pairs, generated | nearest training image")
-    else:
-        _pairs_figure(plain, tr["images"], nns[PLAIN][primary],
-                      out_pairs_png, "plain sampling: top pairs")
-    _hist_figure(nns, res["bands"][primary]["edges"], primary, out_hist_png)
-    _scale_figure(table[table["similarity"] == primary], out_scale_png)
+    primary = res["primary_similarity"]
+    _hist_figure(res["nns"], res["bands"][primary]["edges"], primary, out_hist_png,
+                 res["label"])
     return summary
 
 
-def _pairs_figure(images, train, nn_, path, title, top: int = 12):
+def pairs_figure(images, train, nn_, path, title, top: int = 12):
     order = np.argsort(-nn_["sim"][:, 0])[:top]
     fig, axes = plt.subplots(2, max(len(order), 1), figsize=(1.2 * max(len(order), 1), 2.9),
                              squeeze=False)
@@ -78,7 +101,7 @@ def _pairs_figure(images, train, nn_, path, title, top: int = 12):
     save_figure(fig, path)
 
 
-def _hist_figure(nns, edges, kind, path):
+def _hist_figure(nns, edges, kind, path, label=PLAIN):
     fig, ax = plt.subplots(figsize=(6, 3.4))
     sims = {k: v[kind]["sim"][:, 0] for k, v in nns.items()}
     lo = min(float(s.min()) for s in sims.values() if len(s))
@@ -88,7 +111,7 @@ def _hist_figure(nns, edges, kind, path):
     else:
         ax.text(0.02, 0.95, "no unseen images: no null", transform=ax.transAxes, fontsize=8,
                 va="top")
-    ax.hist(sims[PLAIN], bins=bins, density=True, histtype="step", lw=2, label=PLAIN)
+    ax.hist(sims[label], bins=bins, density=True, histtype="step", lw=2, label=label)
     for k, s in sims.items():
         if isinstance(k, tuple):
             ax.hist(s, bins=bins, density=True, histtype="step", lw=1,

@@ -31,6 +31,8 @@ def _fmt_test(t: dict) -> str:
 
 
 ANSWER_ORDER = ("plain_copies", "side_extracts_more", "membership", "walks_back")
+COPY_QUESTIONS = ("does plain sampling copy training images?",
+                  "do these images copy training images?")
 
 
 def run_label(run) -> str:
@@ -58,8 +60,9 @@ def walk_back_test(b: dict) -> dict:
 
 
 def verdict_rows(runs: list, metrics: list[str], membership: list[str], alpha: float,
-                 boundaries: list[str] | None = None) -> list:
-
+                 boundaries: list[str] | None = None, generated: dict | None = None) -> list:
+    """One row per run and question; ``generated`` (name → scores JSON): one copy row per
+    generated image set (the questions that need a model are not asked of it)."""
     rows = []
     boundaries = boundaries or [None] * len(runs)
     for run, mp, bp, wp in zip(runs, metrics, membership, boundaries, strict=True):
@@ -71,37 +74,39 @@ def verdict_rows(runs: list, metrics: list[str], membership: list[str], alpha: f
         for key in ANSWER_ORDER:
             if key not in tests:
                 continue
-            t = tests[key]
-            rows.append({"run": run_label(run), "dataset": dataset,
-                         "N": None if n is None else int(n),
-                         "seed": None if seed is None else int(seed),
-                         "question": t["question"],
-                         "answer": t.get("answer") or decide(t, alpha=alpha,
-                                                             margin=t["margin"],
-                                                             null_effect=t["null_effect"]),
-                         "primary statistic": t["statistic"], "value": t["value"]
-                         if "value" in t else t["effect"], "null": t["null_value"],
-                         "effect": t["effect"], "ci_low": t["ci_low"], "ci_high": t["ci_high"],
-                         "p_value": t["p_value"], "margin": t["margin"],
-                         # the copy row: the excess its yes-rule finds with 80 % power here
-                         "detectable": t.get("detectable_rate"), "images": t["n"],
-                         "null_images": t["null_n"]})
+            rows.append(_row(run_label(run), dataset, n, seed, tests[key], alpha))
+    for name, path in (generated or {}).items():
+        t = load_json(path)["tests"]["plain_copies"]
+        rows.append(_row(f"generated {name}", f"generated/{name}", None, None, t, alpha))
     return rows
 
 
+def _row(label: str, dataset: str, n, seed, t: dict, alpha: float) -> dict:
+    return {"run": label, "dataset": dataset, "N": None if n is None else int(n),
+            "seed": None if seed is None else int(seed), "question": t["question"],
+            "answer": t.get("answer") or decide(t, alpha=alpha, margin=t["margin"],
+                                                null_effect=t["null_effect"]),
+            "primary statistic": t["statistic"],
+            "value": t["value"] if "value" in t else t["effect"], "null": t["null_value"],
+            "effect": t["effect"], "ci_low": t["ci_low"], "ci_high": t["ci_high"],
+            "p_value": t["p_value"], "margin": t["margin"],
+            # a copy row: the excess its yes-rule finds with 80 % power at its sizes
+            "detectable": t.get("detectable_rate"), "images": t["n"], "null_images": t["null_n"]}
+
+
 def verdict_stage(*, runs: list, metrics: list[str], membership: list[str], alpha: float,
-                  out_csv: str, out_md: str, boundaries: list[str] | None = None) -> list:
+                  out_csv: str, out_md: str, boundaries: list[str] | None = None,
+                  generated: dict | None = None) -> list:
     import pandas as pd
 
-    rows = verdict_rows(runs, metrics, membership, alpha, boundaries)
+    rows = verdict_rows(runs, metrics, membership, alpha, boundaries, generated)
     df = pd.DataFrame(rows)
     save_csv(out_csv, df)
     lines = ["| run | question | answer | primary statistic | value (null) | effect [95 % CI] "
              "| p | margin | detectable |", "|---|---|---|---|---|---|---|---|---|"]
-    copies = "does plain sampling copy training images?"
     for r in rows:
-        detect = (_num(r["detectable"], "not at any rate") if r["question"] == copies and
-                  r["p_value"] is not None else "–")
+        detect = (_num(r["detectable"], "not at any rate") if r["question"] in COPY_QUESTIONS
+                  and r["p_value"] is not None else "–")
         lines.append(f"| {r['run']} | {r['question']} | "
                      f"**{r['answer']}** | {r['primary statistic']} | {_num(r['value'])} "
                      f"({_num(r['null'], 'no null')}) | {_num(r['effect'])} "
