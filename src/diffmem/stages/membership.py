@@ -265,6 +265,9 @@ def _exposure_figure(top, train, samples, near, s, path):
             axes[1, j].imshow(samples[int(plain.loc[k, "image"])], cmap=cmap, vmin=0, vmax=255)
             axes[1, j].set_title(f"closest sample\nsim {plain.loc[k, 'similarity']:.3f}",
                                  fontsize=6)
+        else:  # an empty slot would read as a missing image
+            axes[1, j].text(0.5, 0.5, "no plain sample\nhas it as its\nnearest training image",
+                            ha="center", va="center", fontsize=6, transform=axes[1, j].transAxes)
     fig.suptitle(f"most exposed training images (top) and their closest plain sample (bottom); "
                  f"{s['bh_passed']} of {s['scored']} pass Benjamini–Hochberg at q = {s['q']:g}",
                  fontsize=7)
