@@ -96,10 +96,14 @@ def _row(label: str, dataset: str, n, seed, t: dict, alpha: float) -> dict:
 
 def verdict_stage(*, runs: list, metrics: list[str], membership: list[str], alpha: float,
                   out_csv: str, out_md: str, boundaries: list[str] | None = None,
-                  generated: dict | None = None) -> list:
+                  generated_names: list[str] | None = None,
+                  generated: list[str] | None = None) -> list:
+    """``generated``: the scores JSON of each generated image set, in ``generated_names``'
+    order."""
     import pandas as pd
 
-    rows = verdict_rows(runs, metrics, membership, alpha, boundaries, generated)
+    pairs = dict(zip(generated_names or [], generated or [], strict=True))
+    rows = verdict_rows(runs, metrics, membership, alpha, boundaries, pairs)
     df = pd.DataFrame(rows)
     save_csv(out_csv, df)
     lines = ["| run | question | answer | primary statistic | value (null) | effect [95 % CI] "
