@@ -130,6 +130,31 @@ def test_saf_classifier_beats_chance_on_held_out_images(data_root):
     assert m["accuracy"] > untrained + 0.15
 
 
+def test_a_trained_classifier_reports_the_metrics_of_the_weights_it_keeps():
+    """Early stopping keeps the best evaluation's weights (batch-norm statistics too) and
+    returns that evaluation's metrics: they equal a fresh pass of the kept network."""
+    from diffmem.attacks.fingerprint.classifiers import TaskData
+
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+
+    def make_batch(n):
+        y = torch.rand(n, generator=gen) < 0.5
+        x = torch.randn(n, 1, 8, 8, generator=gen) + y.view(n, 1, 1, 1) * 0.3
+        return x, y.float()
+
+    val_x, val_y = make_batch(64)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4),
+                              torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(144, 1))
+    m = train_classifier(net, TaskData(make_batch, val_x, val_y), steps=12, batch_size=16,
+                         lr=0.3, eval_every=2, patience=100, name="toy", progress=False)
+    assert m["best_step"] < 12  # trained on past its best: the last weights are not the kept
+    fresh = binary_metrics(predict_logits(net, val_x), val_y)
+    assert {k: m[k] for k in fresh} == fresh
+    kept = next(h for h in m["history"] if h["step"] == m["best_step"])
+    assert {k: kept[k] for k in fresh} == fresh and len(m["history"]) == 6
+
+
 def test_disc_strength_at_the_known_place():
     """1 for x_SAF, 0 for the clean original, ≈ α for a disc blended in at strength α, for grey
     and colour images."""

@@ -43,8 +43,9 @@ def test_slurm_run_submits_jobs_and_matches_the_local_run(slurm_cluster, finishe
     # the profile's site values (32 GB, 8 CPUs for training) do not fit this 2-core node
     small = [f"{rule}:{key}={value}" for rule in GPU_RULES
              for key, value in (("mem_mb", 1500), ("cpus_per_task", 1))]
-    targets = [f"{RUN}/data/train.npz", f"{RUN}/model/model.safetensors",
-               f"{RUN}/samples/samples.npz"]
+    # two jobs, one of them a GPU rule: the plugin polls a running job after 1, 12, 33, ... s,
+    # so every further job in the chain costs the suite up to half a minute
+    targets = [f"{RUN}/data/train.npz", f"{RUN}/model/model.safetensors"]
     cmd = ["timeout", "-s", "INT", "900", sys.executable, "-m", "snakemake",
            "--workflow-profile", "workflow/profiles/slurm", "--configfile", "test.yaml",
            "--slurm-no-account", "--slurm-status-command", "squeue",
@@ -55,9 +56,9 @@ def test_slurm_run_submits_jobs_and_matches_the_local_run(slurm_cluster, finishe
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     job_ids = re.findall(r"submitted with SLURM jobid (\d+)", out)
-    assert len(job_ids) == 3, out[-3000:]  # prepare_data, train_dpm, sample
-    gpu_submissions = re.findall(r"rule_(train_dpm|sample)/", out)
-    assert set(gpu_submissions) == {"train_dpm", "sample"}
+    assert len(job_ids) == 2, out[-3000:]  # prepare_data, train_dpm
+    submitted = re.findall(r"rule_(prepare_data|train_dpm)/", out)  # their SLURM log folders
+    assert set(submitted) == {"prepare_data", "train_dpm"}
     # the same outputs as the local run
     assert (wf / RUN / "data/train.npz").read_bytes() == \
         (finished / RUN / "data/train.npz").read_bytes()
@@ -65,9 +66,5 @@ def test_slurm_run_submits_jobs_and_matches_the_local_run(slurm_cluster, finishe
     w_local, _ = load_safetensors(finished / RUN / "model/model.safetensors")
     for k in w_local:
         np.testing.assert_allclose(w_slurm[k].numpy(), w_local[k].numpy(), atol=1e-4)
-    s_slurm = np.load(wf / RUN / "samples/samples.npz")["images"]
-    s_local = np.load(finished / RUN / "samples/samples.npz")["images"]
-    assert s_slurm.shape == s_local.shape
-    assert np.abs(s_slurm.astype(int) - s_local.astype(int)).max() <= 2
     cfg = yaml.safe_load((ROOT / "workflow/profiles/slurm/config.yaml").read_text())
     assert cfg["executor"] == "slurm"

@@ -193,6 +193,10 @@ def binary_metrics(logits: torch.Tensor, y: torch.Tensor) -> dict:
             "auc": auc(scores[truth], scores[~truth]), "n": n, "positives": int(y.sum())}
 
 
+METRIC_KEYS = ("accuracy", "precision", "recall", "auc", "n", "positives")  # binary_metrics'
+
+
+
 def selection_key(metrics: dict) -> tuple[float, float]:
     """What early stopping keeps: the highest validation AUC, then the lowest loss.
 
@@ -231,6 +235,7 @@ def train_classifier(net: nn.Module, task: TaskData, *, steps: int, batch_size: 
             key = selection_key(m)
             if best_key is None or key > best_key:
                 best, best_key, best_step, bad = copy.deepcopy(net.state_dict()), key, step, 0
+                best_metrics = {k: m[k] for k in METRIC_KEYS}
             else:
                 bad += 1
                 if bad >= patience:
@@ -238,8 +243,9 @@ def train_classifier(net: nn.Module, task: TaskData, *, steps: int, batch_size: 
                     break
     net.load_state_dict(best)
     net.eval()
-    final = binary_metrics(predict_logits(net, task.val_x), task.val_y)
-    return final | {"best_step": best_step, "history": history}
+    # the kept weights were evaluated on this validation set when they were kept (eval mode,
+    # their own batch-norm statistics): the same logits, so no second pass
+    return best_metrics | {"best_step": best_step, "history": history}
 
 
 def not_twins_of(image: np.ndarray, pool: np.ndarray, limit: float,
