@@ -115,14 +115,13 @@ def finished(tmp_path_factory, data_root, own_model):
     # as training images, so the audit runs without a null
     cfg["models"]["nonull"] = {"folder": own["folder"], "train": str(Path(own["train"]).parent),
                                "sample": {"sampler": "ddpm", "steps": 100}}
-    # and a site's own PNGs as a dataset of the fingerprint study
+    # a site's own PNGs (its training and held-out images; as a dataset of the fingerprint
+    # study they are planned and read in test_a_dataset_of_your_own_pngs_..., which runs the
+    # branch's first jobs: the rest is the code the MedMNIST run runs here)
     site = tmp_path_factory.mktemp("site")
     with np.load(data_root / "breastmnist.npz") as f:
         write_pngs(f["test_images"][:24], site / "train", "s")
         write_pngs(f["test_images"][24:48], site / "heldout", "h")
-    cfg["datasets"] = [*cfg["datasets"], {"name": "site", "train": str(site / "train"),
-                                          "heldout": str(site / "heldout")}]
-    cfg["train_sizes"] = {"breastmnist": cfg["train_sizes"], "site": ["all"]}
     # a generator's images without its model: the site's training images moved by a pixel, as
     # nested PNGs (one 16-bit), to be audited with the site's training and held-out images
     with np.load(data_root / "breastmnist.npz") as f:
