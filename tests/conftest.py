@@ -111,10 +111,6 @@ def finished(tmp_path_factory, data_root, own_model):
     # a model the user already has (trained until it copies), audited through `models:`
     own = own_model
     cfg["models"] = {"own": {**own, "sample": {"sampler": "ddpm", "steps": 100}}}
-    # the same model with no held-out images: its 4 training PNGs and the 40 others all given
-    # as training images, so the audit runs without a null
-    cfg["models"]["nonull"] = {"folder": own["folder"], "train": str(Path(own["train"]).parent),
-                               "sample": {"sampler": "ddpm", "steps": 100}}
     # a site's own PNGs (its training and held-out images; as a dataset of the fingerprint
     # study they are planned and read in test_a_dataset_of_your_own_pngs_..., which runs the
     # branch's first jobs: the rest is the code the MedMNIST run runs here)
@@ -126,9 +122,14 @@ def finished(tmp_path_factory, data_root, own_model):
     # nested PNGs (one 16-bit), to be audited with the site's training and held-out images
     with np.load(data_root / "breastmnist.npz") as f:
         write_pngs(np.roll(f["test_images"][:24], 1, axis=2), site / "generated", "g")
+    # and the same images with no held-out images: scored without a null (a model entry
+    # without them is scored the same way; its membership stage is checked in
+    # test_membership.py)
     cfg["generated"] = {"shifted": {"images": str(site / "generated"),
                                     "train": str(site / "train"),
-                                    "heldout": str(site / "heldout")}}
+                                    "heldout": str(site / "heldout")},
+                        "nonull": {"images": str(site / "generated"),
+                                   "train": str(site / "train")}}
     # and the known-truth study of the copy verdict, with 2 seeds
     cfg["study"] = {"dataset": "breastmnist", "seeds": 2}
     (wf / "test.yaml").write_text(yaml.safe_dump(cfg))

@@ -159,3 +159,41 @@ def test_the_attack_is_chosen_on_one_half_and_scored_on_the_other():
     # too few images to split: no selection (the caller falls back to the loss attack)
     few = {k: v[:12] for k, v in member.items()}
     assert select_and_score(few, non, groups[:12], halves, cfg) is None
+
+
+def test_without_unseen_images_membership_is_reported_not_tested(tmp_path, sets):
+    """A model entry without held-out images (so without unused ones either): the members'
+    losses are reported, no attack is run, and the verdict row and the report say why. (The
+    shared end-to-end run checks the same for a generated set without held-out images.)"""
+    from diffmem.diffusion.unet import build_unet, save_model
+    from diffmem.io import save_npz
+    from diffmem.stages.membership import membership_stage
+    from diffmem.stages.report import membership_section
+    from diffmem.stages.verdict import _row
+
+    torch.manual_seed(0)
+    model = build_unet({"block_out_channels": [16, 32], "layers_per_block": 1,
+                        "norm_num_groups": 8}, 28, 1)
+    save_model(model, tmp_path / "m.safetensors", tmp_path / "m.json",
+               {"diffusion": {"num_train_timesteps": 100, "beta_schedule": "linear",
+                              "beta_end": 0.2}})
+    train = sets[0][:12]
+    save_npz(tmp_path / "train.npz", images=train, indices=np.arange(12))
+    save_npz(tmp_path / "heldout.npz", images=train[:0])
+    save_npz(tmp_path / "unused.npz", images=train[:0], indices=np.zeros(0, np.int64))
+    s = membership_stage(weights=str(tmp_path / "m.safetensors"),
+                         model_config=str(tmp_path / "m.json"),
+                         train_npz=str(tmp_path / "train.npz"),
+                         heldout_npz=str(tmp_path / "heldout.npz"),
+                         unused_npz=str(tmp_path / "unused.npz"), duplicates_npz=None,
+                         cfg={"t_grid": [0.05], "draws": 1, "seed": 5}, scoring={},
+                         device="cpu", bf16=False, out_json=str(tmp_path / "membership.json"),
+                         out_png=str(tmp_path / "membership.png"),
+                         out_scores=str(tmp_path / "scores.npz"))
+    assert s["members"] == 12 and s["nonmembers"] == 0 and s["effect"] is None
+    assert s["attacks"] == {} and s["chosen"] is None and s["mean_loss_members"] > 0
+    assert (tmp_path / "membership.png").stat().st_size > 0
+    assert _row("model nonull", "models/nonull", None, None, s, 0.05)["answer"] == \
+        "inconclusive (no null)"
+    text = "\n".join(membership_section(tmp_path, tmp_path))
+    assert "**Not run: no unseen images to tell training images from**" in text

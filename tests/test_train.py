@@ -183,7 +183,7 @@ def test_trainer_losses_match_the_plain_diffusers_loop(trained_pair):
     assert ours_end == pytest.approx(plain_end, rel=0.2)
 
 
-@pytest.mark.parametrize("sampler,steps", [("ddim", 20), ("ddpm", 20)])
+@pytest.mark.parametrize("sampler,steps", [("ddim", 10), ("ddpm", 10)])
 def test_samples_match_diffusers_pipelines(trained_pair, sampler, steps):
     """Our batched sampler and diffusers' DDIMPipeline / DDPMPipeline on the same trained model
     draw the same distribution: pixel mean, spread and mean image agree."""

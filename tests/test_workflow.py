@@ -132,9 +132,9 @@ def test_every_output_and_the_report(finished):
     # the report opens with the verdict: one row per run and question
     assert report.startswith("# Verdict")
     verdict = pd.read_csv(finished / "results/verdict.csv")
-    # three runs (breastmnist, two imported models), four questions each, and one generated
-    # image set (only the copy question)
-    assert len(verdict) == 13
+    # two runs (breastmnist, an imported model), four questions each, and two generated
+    # image sets (only the copy question)
+    assert len(verdict) == 10
     assert set(verdict["answer"]) <= {"yes", "no", "inconclusive", "inconclusive (no null)",
                                       "samples unlike the training data"}
     assert verdict["question"].tolist()[2] == "can training images be told from unseen ones?"
@@ -218,33 +218,26 @@ def test_an_imported_model_is_audited_and_found_to_copy(finished):
     assert "## Imported model own" in report and "| model own |" in report
 
 
-def test_a_model_without_held_out_images_is_audited_without_a_null(finished):
-    """No held-out images: every stage runs, scores are reported, and no question that needs
-    unseen images is answered yes or no (the model copies, but nothing shows it is unusual)."""
-    run = finished / "results/models/nonull"
+def test_images_without_held_out_images_are_scored_without_a_null(finished):
+    """No held-out images: the scores are reported, and the copy question, which needs unseen
+    images, is answered neither yes nor no (the images copy, but nothing shows it is unusual).
+    A model entry without them runs the same scoring; its membership stage and report section
+    are checked in test_membership.py."""
+    run = finished / "results/generated/nonull"
     images = json.loads((run / "data/images.json").read_text())
-    assert images["train_images"] == 44 and images["heldout_images"] == 0
+    assert images["train_images"] == 24 and images["heldout_images"] == 0
     verdict = pd.read_csv(finished / "results/verdict.csv")
-    answers = verdict[verdict["run"] == "model nonull"].set_index("question")["answer"]
-    for q in ("does plain sampling copy training images?",
-              "can training images be told from unseen ones?"):
-        assert answers[q] == "inconclusive (no null)", q
-    walk = next(q for q in answers.index if q.startswith("does the model walk back"))
-    assert answers[walk] == "inconclusive (no null)"
-    side = json.loads((run / "side/metrics.json").read_text())
-    t = side["tests"]["plain_copies"]
-    assert side["no_null"] and side["secondary"] == [] and t["null_value"] is None
-    assert t["value"] > 0.8  # measured all the same: the samples are copies (0.875 measured)
-    assert "a reference, not a null" in side["bands"]["cosine"]["kind"]
-    mia = json.loads((run / "audit/membership.json").read_text())
-    assert mia["nonmembers"] == 0 and mia["effect"] is None and mia["members"] == 44
-    b = json.loads((run / "audit/boundary.json").read_text())
-    assert b["t50_control"] == [] and b["no_null"]
+    row = verdict[verdict["run"] == "generated nonull"]
+    assert row["answer"].tolist() == ["inconclusive (no null)"]
+    m = json.loads((run / "scores/metrics.json").read_text())
+    t = m["tests"]["plain_copies"]
+    assert m["no_null"] and m["secondary"] == [] and t["null_value"] is None
+    assert t["value"] > 0.9  # measured all the same: the images are copies
+    assert "a reference, not a null" in m["bands"]["cosine"]["kind"]
     report = (finished / "results/report.md").read_text()
-    section = report.split("## Imported model nonull")[1].split("\n## ")[0]
-    assert "**No held-out images were given, so none of the scores below has a null**" in section
-    assert "### Memorization scores without a null" in section
-    assert "**Not run: no unseen images to tell training images from**" in section
+    section = report.split("## Generated images nonull")[1].split("\n## ")[0]
+    assert "**No held-out images were given, so the copy question has no null**" in section
+    assert "**No null: there were no unseen images**" in section
 
 
 def test_a_dataset_of_your_own_pngs_runs_the_fingerprint_branch(finished, tmp_path, data_root):
@@ -488,7 +481,7 @@ def test_a_training_setting_reruns_training_and_everything_after(finished):
 
 def test_a_new_size_adds_only_its_own_jobs(finished):
     jobs = dry_run_with(finished, "n.yaml",
-                        lambda c: c["train_sizes"].update(breastmnist=[64, 32]))
+                        lambda c: c.update(train_sizes={"breastmnist": [64, 32]}))
     assert jobs["prepare_data"] == 1 and jobs["train_dpm"] == 1 and jobs["sample"] == 1
     # the summary rules see one more input; nothing of the N = 64 run reruns
     assert jobs.get("train_fingerprint_classifiers") == 1 and jobs.get("side_extract") == 2

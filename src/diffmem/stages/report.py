@@ -320,11 +320,15 @@ def generated_section(run_dir: Path, base: Path, name: str) -> str:
                                            f"{images['heldout_images']}"),
             ("held-out images sharing a near-duplicate group with a training image",
              f"{dup['heldout_images_sharing_a_group_with_train']} (left out of the null)")]
+    no_null = [] if images["heldout_images"] else [
+        "**No held-out images were given, so the copy question has no null**: the scores are "
+        "reported and the answer is *inconclusive (no null)*. Add images the generator never "
+        "saw (`heldout:` in the set's entry) for a verdict.", ""]
     return "\n".join([
         f"## Generated images {name}", "",
         "Audited from the images alone: only *do these images copy training images?* is asked. "
         "Membership inference, the walk-back and SIDE need the generator's model, which was not "
-        "given.", "", _table(rows), "", *scores_lines(m), "",
+        "given.", "", *no_null, _table(rows), "", *scores_lines(m), "",
         f"![pairs]({_rel(run_dir / 'scores/pairs.png', base)})", "",
         "*Top pairs: generated image (top) and its nearest training image, with the transform "
         "that matched.*", "",
