@@ -27,7 +27,8 @@ rule membership:
     resources:
         **gpu_resources(),
     params:
-        membership=config["membership"],
+        # all but exposure_q, which only the exposure reads (so it re-runs nothing upstream)
+        membership={k: v for k, v in config["membership"].items() if k != "exposure_q"},
         # the null's composition (its size cap and seed) comes from the scoring section
         scoring={k: config["scoring"].get(k) for k in ("null_max_images", "seed")},
         bf16=config["sample"].get("bf16", True),

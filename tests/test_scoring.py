@@ -266,3 +266,24 @@ def test_the_detectable_rate_matches_a_simulation_of_the_yes_rule(n1, n2, p0):
 
     assert abs(power(delta) - 0.8) < 0.03
     assert power(delta - 0.04) < 0.77
+
+
+def test_a_study_whose_stand_in_leaves_no_null_is_refused_in_one_line(data_root, tmp_path,
+                                                                       test_config):
+    """500 training images leave about 270 unseen images; a stand-in of 260 leaves too few for
+    the null, and the study says so instead of scoring every stand-in against nothing."""
+    from diffmem.errors import ConfigError
+    from diffmem.stages.study import known_truth_study_stage
+
+    out = {k: str(tmp_path / f"{k}.out") for k in ("runs", "csv", "md", "json")}
+    with pytest.raises(ConfigError, match=r"config error at study.generated: 260 unseen "
+                                          r"stand-in images of breastmnist .* expected at least "
+                                          r"20 there"):
+        known_truth_study_stage(dataset="breastmnist", entry=None, image_size=28,
+                                root=str(data_root), download=False,
+                                study={"n_train": 500, "generated": 260, "seeds": 1},
+                                scoring=test_config["scoring"],
+                                duplicates=test_config["duplicates"], device="cpu",
+                                out_runs=out["runs"], out_table_csv=out["csv"],
+                                out_table_md=out["md"], out_json=out["json"])
+    assert not any((tmp_path / f"{k}.out").exists() for k in out)

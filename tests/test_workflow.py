@@ -125,7 +125,13 @@ def test_every_output_and_the_report(finished):
     assert {"membership_score", "plain_copies", "side_copies", "walk_back_t50",
             "bh_pass"} <= set(exposure.columns)
     assert exposure["walk_back_t50"].notna().sum() == 1  # the fingerprinted target's
+    # Benjamini–Hochberg counts only the scoring half: the selection half's scores chose the
+    # attack (their p-values are listed, not counted)
+    assert exposure["half"].value_counts().to_dict() == {"selection": sel["members"],
+                                                        "scoring": sco["members"]}
+    assert not exposure[exposure["half"] == "selection"]["bh_pass"].any()
     e = json.loads((finished / RUN / "audit/exposure.json").read_text())
+    assert e["scored"] == sco["members"] and e["selection_half_listed"] == sel["members"]
     assert e["smallest_p"] == pytest.approx(1 / (sco["nonmembers"] + 1))
     assert e["hits_needed_at_smallest_p"] >= 1 and 0 <= e["bh_passed"] <= 64
     assert "### Which training images are most exposed" in report and "| PIA" in report
@@ -205,6 +211,9 @@ def test_an_imported_model_is_audited_and_found_to_copy(finished):
     assert mia["attacks"] == {} and "the loss attack on all of them" in mia["statistic"]
     exposure = pd.read_csv(run / "audit/exposure.csv")
     assert len(exposure) == 4 and exposure["plain_copies"].sum() > 0
+    assert (exposure["half"] == "all").all()  # no attack was chosen: every p-value is clean
+    e = json.loads((run / "audit/exposure.json").read_text())
+    assert e["scored"] == 4 and e["bh_reachable"] and e["bh_passed"] == 4  # 4 of 4, p = 1/41
     assert exposure["walk_back_t50"].notna().sum() == 1  # the most copied image's
     b = json.loads((run / "audit/boundary.json").read_text())
     assert b["query"]["chosen"] == "most copied by plain sampling"
@@ -463,6 +472,11 @@ def dry_run_with(finished, tmp_name, change):
     change(cfg)
     (finished / tmp_name).write_text(yaml.safe_dump(cfg))
     return scheduled(snakemake(finished, "-n", config=finished / tmp_name))
+
+
+def test_the_exposure_fdr_reruns_only_the_exposure(finished):
+    jobs = dry_run_with(finished, "q.yaml", lambda c: c["membership"].update(exposure_q=0.05))
+    assert set(jobs) == {"exposure", "report", "all"}, jobs
 
 
 def test_a_report_setting_reruns_only_the_report(finished):

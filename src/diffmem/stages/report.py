@@ -390,11 +390,19 @@ def membership_section(audit: Path, base: Path) -> list[str]:
                   f"unseen images of the scoring half (`exposure.csv`, with the samples that "
                   f"copy it and its walk-back t50 where the boundary search ran from it): "
                   f"**{e['bh_passed']} of {e['scored']}** pass Benjamini–Hochberg at q = "
-                  f"{e['q']:g}. The smallest attainable p is {_num(e['smallest_p'], fmt='.4f')}"
+                  f"{e['q']:g}"
+                  + (f" (the scoring half's training images; the {e['selection_half_listed']} "
+                     f"of the selection half are listed, not counted: their scores chose the "
+                     f"attack, so their p-values lean low)" if e.get("selection_half_listed")
+                     else "")
+                  + f". The smallest attainable p is {_num(e['smallest_p'], fmt='.4f')}"
                   f" (1/(n + 1)); at that p Benjamini–Hochberg needs "
-                  f"{e['hits_needed_at_smallest_p']} simultaneous hits, so fewer exposed images "
-                  f"cannot show. {e['copied_training_images']} training images are copied by "
-                  f"at least one plain sample.", "",
+                  f"{e['hits_needed_at_smallest_p']} simultaneous hits"
+                  + (", so fewer exposed images cannot show" if e.get("bh_reachable") else
+                     f", more than the {e['scored']} tested: **no image could pass at these "
+                     f"sizes**, so none passing is no finding")
+                  + f". {e['copied_training_images']} training images are copied by at least "
+                  f"one plain sample.", "",
                   f"![exposure]({_rel(audit / 'exposure.png', base)})", ""]
     return head + lines
 

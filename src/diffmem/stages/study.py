@@ -22,6 +22,7 @@ import pandas as pd
 from ..data.duplicates import near_duplicate_groups
 from ..data.images import dataset_arrays
 from ..device import resolve_device
+from ..errors import ConfigError
 from ..io import save_csv, save_json, save_text
 from ..metrics.null import null_pool, run_null_pool
 from ..metrics.scores import Scorer, null_neighbours, score_generated
@@ -116,6 +117,13 @@ def known_truth_study_stage(*, dataset: str, entry: dict | None, image_size: int
             unused={"images": train_all[unused], "indices": unused}, duplicates=dups,
             cfg={"null_max_images": 10**9, "seed": int(rng.integers(2**31))})
         unseen, rest = split_unseen(pool, int(cfg["generated"]), rng)
+        need = 4 * int(scoring.get("min_tail", 5))  # both null halves set the bands
+        if len(unseen) < int(cfg["generated"]) or len(rest["images"]) < need:
+            raise ConfigError(
+                f"config error at study.generated: {cfg['generated']} unseen stand-in images "
+                f"of {dataset} (seed {s}: {len(unseen)} drawn) leave {len(rest['images'])} of "
+                f"its {len(pool['images'])} unseen images for the null; expected at least "
+                f"{need} there (4 x scoring.min_tail); lower study.generated or study.n_train")
         null = null_pool(heldout=rest["images"], heldout_groups=rest["groups"],
                          unused=rest["images"][:0], unused_groups=rest["groups"][:0],
                          train_groups=train_groups,
