@@ -339,3 +339,10 @@ def test_a_generated_entry_is_checked_before_any_job(test_cfg, pngs, tmp_path):
     with pytest.raises(ConfigError, match="config error at generated.g.heldout: .* holds the "
                                           "same images as train"):
         check_config(c, SCHEMA)
+    tiny = tmp_path / "tiny"
+    write_pngs(np.zeros((2, 3, 3), dtype=np.uint8), tiny, "t")
+    c = copy.deepcopy(cfg)
+    c["generated"]["g"]["images"] = str(tiny)
+    with pytest.raises(ConfigError, match="config error at generated.g.images: its images are "
+                                          "3 px on the shorter side; expected 4 to 1024"):
+        check_config(c, SCHEMA)

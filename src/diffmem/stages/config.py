@@ -403,6 +403,9 @@ def generated_info(config: dict, name: str) -> dict:
         size = int(entry.get("size") or image_size(entry["images"]))
     except DataError as err:
         raise ConfigError(f"config error at {where}.images: {err}") from None
+    if not 4 <= size <= 1024:  # the schema's bounds for an explicit size
+        raise ConfigError(f"config error at {where}.images: its images are {size} px on the "
+                          f"shorter side; expected 4 to 1024 (or set {where}.size)")
     counts, digests = entry_images(config, entry, where, size, ("images", "train", "heldout"))
     return {"size": size, "channels": int(entry.get("channels", 1)), "images": counts,
             "images_digest": digests}
