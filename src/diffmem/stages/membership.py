@@ -21,9 +21,9 @@ from ..diffusion.process import NoiseProcess
 from ..diffusion.sampler import predict_eps
 from ..diffusion.unet import load_model
 from ..io import load_json, load_npz, save_csv, save_figure, save_json, save_npz
-from ..metrics.null import run_null_pool
 from ..metrics.stats import untested
 from ..plotting import plt
+from .scores import load_with_null
 
 NAMES = {"loss": "the loss attack", "sima": "SimA", "pia": "PIA"}
 
@@ -40,11 +40,8 @@ def membership_stage(*, weights: str, model_config: str, train_npz: str, heldout
     model, meta = load_model(weights, model_config, dev)
     process = NoiseProcess.from_config(meta["diffusion"])
     autocast = bf16 and dev.type == "cuda"
-    tr = load_npz(train_npz)
-    heldout = load_npz(heldout_npz)["images"]
-    pool, train_groups = run_null_pool(
-        train_indices=tr["indices"], heldout=heldout, unused=load_npz(unused_npz),
-        duplicates=load_npz(duplicates_npz) if duplicates_npz else None, cfg=scoring)
+    tr, _, pool, train_groups = load_with_null(train_npz, heldout_npz, unused_npz,
+                                               duplicates_npz, scoring)
     seed = int(cfg.get("seed", 5))
     rng = np.random.default_rng(seed)
     cap = int(cfg.get("max_images", 2000))
