@@ -43,9 +43,14 @@ def test_slurm_run_submits_jobs_and_matches_the_local_run(slurm_cluster, finishe
     # the profile's site values (32 GB, 8 CPUs for training) do not fit this 2-core node
     small = [f"{rule}:{key}={value}" for rule in GPU_RULES
              for key, value in (("mem_mb", 1500), ("cpus_per_task", 1))]
-    # two jobs, one of them a GPU rule: the plugin polls a running job after 1, 12, 33, ... s,
-    # so every further job in the chain costs the suite up to half a minute
-    targets = [f"{RUN}/data/train.npz", f"{RUN}/model/model.safetensors"]
+    # two independent jobs at once, a CPU rule (the imported model's images) and a GPU rule
+    # (training, on the local run's data): the plugin polls after 1, 12, 33, ... s, and resets
+    # that clock when a job ends, so every further job in a chain costs the suite up to half a
+    # minute. The data are the local run's files (their modification times kept, as Snakemake
+    # compares them; prepare_data's determinism is test_data.py's byte-identical rerun).
+    shutil.copytree(finished / RUN / "data", wf / RUN / "data", copy_function=shutil.copy2)
+    own = "results/models/own/data"
+    targets = [f"{own}/train.npz", f"{RUN}/model/model.safetensors"]
     cmd = ["timeout", "-s", "INT", "900", sys.executable, "-m", "snakemake",
            "--workflow-profile", "workflow/profiles/slurm", "--configfile", "test.yaml",
            "--slurm-no-account", "--slurm-status-command", "squeue",
@@ -56,12 +61,12 @@ def test_slurm_run_submits_jobs_and_matches_the_local_run(slurm_cluster, finishe
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     job_ids = re.findall(r"submitted with SLURM jobid (\d+)", out)
-    assert len(job_ids) == 2, out[-3000:]  # prepare_data, train_dpm
-    submitted = re.findall(r"rule_(prepare_data|train_dpm)/", out)  # their SLURM log folders
-    assert set(submitted) == {"prepare_data", "train_dpm"}
+    assert len(job_ids) == 2, out[-3000:]  # import_images, train_dpm
+    submitted = re.findall(r"rule_(import_images|train_dpm)/", out)  # their SLURM log folders
+    assert set(submitted) == {"import_images", "train_dpm"}
     # the same outputs as the local run
-    assert (wf / RUN / "data/train.npz").read_bytes() == \
-        (finished / RUN / "data/train.npz").read_bytes()
+    for name in ("train.npz", "heldout.npz", "unused_train.npz"):
+        assert (wf / own / name).read_bytes() == (finished / own / name).read_bytes()
     w_slurm, _ = load_safetensors(wf / RUN / "model/model.safetensors")
     w_local, _ = load_safetensors(finished / RUN / "model/model.safetensors")
     for k in w_local:
