@@ -138,12 +138,17 @@ def test_a_trained_classifier_reports_the_metrics_of_the_weights_it_keeps():
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
 
-    def make_batch(n):
+    calls = []
+
+    def make_batch(n, flip_after=7):
         y = torch.rand(n, generator=gen) < 0.5
         x = torch.randn(n, 1, 8, 8, generator=gen) + y.view(n, 1, 1, 1) * 0.3
-        return x, y.float()
+        calls.append(n)
+        # the last training batches are labelled backwards, so the last weights are worse than
+        # an earlier evaluation's, however the arithmetic rounds (threads change it)
+        return x, (y ^ (len(calls) > flip_after)).float()
 
-    val_x, val_y = make_batch(64)
+    val_x, val_y = make_batch(64, flip_after=10**6)
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4),
                               torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(144, 1))
     m = train_classifier(net, TaskData(make_batch, val_x, val_y), steps=12, batch_size=16,
