@@ -9,13 +9,39 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import pytest
-import yaml
+# Each of the suite's two pytest-xdist workers computes on one thread. Two processes that each
+# run a thread per core slow small-tensor work more than tenfold on a 2-core machine (200 steps
+# of the own-model fixture's training: 6 s alone, 80 s beside a second such process, 6.4 s with
+# one thread each). Set before numpy and torch are imported; Snakemake gives its jobs their
+# rule's threads itself.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = "1"
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import yaml  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DIFFMEM_TEST_DATA", ROOT.parent / "shared" / "data"))
 TEST_CONFIG = ROOT / "workflow" / "configs" / "test.yaml"
+
+
+SHARED_RUN = {"finished", "own_model"}  # the session fixtures of the shared end-to-end run
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups into the test ids
+def pytest_collection_modifyitems(config, items):
+    """The suite runs in two pytest-xdist workers (``-n 2 --dist loadgroup`` in pyproject.toml);
+    a session- or module-scoped fixture is built once in every worker that uses it. So the tests
+    of the shared end-to-end run are one group, which goes first (it is the longest: the other
+    worker takes everything else meanwhile), and every other test is grouped with its module."""
+    for item in items:
+        shared = bool(SHARED_RUN & set(item.fixturenames))
+        item.add_marker(pytest.mark.xdist_group("e2e" if shared else item.module.__name__))
+    items.sort(key=lambda item: not SHARED_RUN & set(item.fixturenames))  # stable
 
 
 @pytest.fixture(scope="session")
@@ -63,9 +89,12 @@ def local_env() -> dict:
     no-SLURM default, as on a machine without SLURM)."""
     stub = Path(tempfile.gettempdir()) / "diffmem-test-no-scontrol"
     if not (stub / "scontrol").exists():
+        # written whole, then renamed: both of the suite's workers may get here at once
         stub.mkdir(exist_ok=True)
-        (stub / "scontrol").write_text("#!/bin/sh\nexit 1\n")
-        (stub / "scontrol").chmod(0o755)
+        part = stub / f"scontrol.{os.getpid()}"
+        part.write_text("#!/bin/sh\nexit 1\n")
+        part.chmod(0o755)
+        part.replace(stub / "scontrol")
     return dict(os.environ, PATH=f"{stub}{os.pathsep}{os.environ.get('PATH', '')}")
 
 
