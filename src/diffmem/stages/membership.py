@@ -240,15 +240,15 @@ def exposure_stage(*, train_npz: str, scores_npz: str, membership_json: str, nea
     save_csv(out_csv, df)
     m = int(tested.sum())
     p_min = 1 / (n_neg + 1) if n_neg else None
+    # BH rejects k images at p_min when p_min ≤ k·q/m: the simultaneous hits needed
+    hits = int(math.ceil(p_min * m / q - 1e-9)) if p_min else None
     summary = {"training_images": n_train, "scored": m, "nonmembers": n_neg, "q": q,
                "attack": mem.get("chosen"), "bh_passed": int(df["bh_pass"].sum()),
                "smallest_p": p_min,
-               # BH rejects k images at p_min when p_min ≤ k·q/m: the simultaneous hits needed
-               "hits_needed_at_smallest_p": (int(math.ceil(p_min * m / q - 1e-9)) if p_min
-                                             else None),
+               "hits_needed_at_smallest_p": hits,
                "selection_half_listed": int((half == "selection").sum()),
                # more hits needed than images tested: no image can pass, whatever the model
-               "bh_reachable": bool(p_min and math.ceil(p_min * m / q - 1e-9) <= m),
+               "bh_reachable": hits is not None and hits <= m,
                "copied_training_images": int((df["plain_copies"] > 0).sum()),
                "most_exposed": df.head(top).replace({np.nan: None}).to_dict(orient="records")}
     save_json(out_json, summary)
