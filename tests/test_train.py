@@ -135,6 +135,82 @@ def test_corrupt_checkpoint_falls_back_to_previous(tmp_path, train_npz, monkeypa
     assert "unusable" in caplog.text
 
 
+@pytest.mark.parametrize("broken", ["ema.safetensors", "optimizer.safetensors", "state.json"])
+def test_an_unusable_only_checkpoint_starts_fresh_with_none_of_its_weights(
+        tmp_path, train_npz, monkeypatch, caplog, broken):
+    """The only checkpoint has a corrupt file that is read after the model's weights (the EMA,
+    the optimizer state) or holds a wrong optimizer state: the fresh start must equal a run that
+    never had a checkpoint, not keep the broken checkpoint's weights."""
+    ref = run(tmp_path / "ref", train_npz, cfg(steps=20))
+    crash_after(monkeypatch, 1)  # dies right after step 10's checkpoint
+    with pytest.raises(Crash):
+        run(tmp_path / "a", train_npz, cfg(steps=20))
+    monkeypatch.undo()
+    ck = tmp_path / "a/ck/step_000000010"
+    if broken == "state.json":  # readable, but its optimizer state does not fit the model
+        state = json.loads((ck / broken).read_text())
+        state["optimizer"]["param_groups"][0]["params"] = [0]
+        (ck / broken).write_text(json.dumps(state))
+    else:
+        (ck / broken).write_bytes(b"\x00garbage")
+    with caplog.at_level(logging.WARNING):
+        fresh = run(tmp_path / "a", train_npz, cfg(steps=20))
+    assert fresh["resumed_from"] == 0 and "unusable" in caplog.text
+    w_ref, _ = load_safetensors(tmp_path / "ref/m.safetensors")
+    w_new, _ = load_safetensors(tmp_path / "a/m.safetensors")
+    for k in w_ref:  # bit for bit: the same seeded initialisation, data order and steps
+        assert torch_equal(w_new[k], w_ref[k]), k
+    assert fresh["final_loss"] == ref["final_loss"]
+    assert pd.read_csv(tmp_path / "a/loss.csv").equals(pd.read_csv(tmp_path / "ref/loss.csv"))
+
+
+def test_a_checkpoint_that_fails_while_it_is_applied_leaves_the_model_as_it_was(tmp_path,
+                                                                              train_npz):
+    """Every file read and only then applied; and if applying fails half way (a tensor of the
+    wrong shape in the EMA file), the model, the EMA, the optimizer and the generator are put
+    back as they were."""
+    import torch
+
+    from diffmem.diffusion.train import EMA, load_latest_checkpoint, save_checkpoint
+    from diffmem.diffusion.unet import build_unet
+    from diffmem.io import save_safetensors
+
+    torch.manual_seed(0)
+    model = build_unet(TINY, 28, 1)
+    ema = EMA(model, 0.9)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    model(torch.randn(2, 1, 28, 28), torch.tensor([1, 2])).sample.sum().backward()
+    opt.step()
+    save_checkpoint(tmp_path, 5, model, ema, opt, gen, [[5, 1.0]], "fp", keep=2)
+    ck = tmp_path / "step_000000005"
+    tensors, _ = load_safetensors(ck / "ema.safetensors")
+    last = sorted(tensors)[-1]
+    tensors[last] = torch.zeros(3)  # the wrong shape: fails inside load_state_dict
+    save_safetensors(ck / "ema.safetensors", tensors)
+
+    torch.manual_seed(1)
+    fresh = build_unet(TINY, 28, 1)
+    fresh_ema = EMA(fresh, 0.9)
+    fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=1e-3)
+    fresh_gen = torch.Generator().manual_seed(7)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    before_ema = {k: v.clone() for k, v in fresh_ema.module.state_dict().items()}
+    rng = fresh_gen.get_state()
+    assert load_latest_checkpoint(tmp_path, "fp", fresh, fresh_ema, fresh_opt,
+                                  fresh_gen) == (0, [])
+    assert all(torch.equal(v, before[k]) for k, v in fresh.state_dict().items())
+    assert all(torch.equal(v, before_ema[k]) for k, v in fresh_ema.module.state_dict().items())
+    assert fresh_opt.state_dict()["state"] == {} and fresh_ema.num_updates == 0
+    assert torch.equal(fresh_gen.get_state(), rng)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
+
+
 def test_changed_settings_do_not_resume_old_checkpoints(tmp_path, train_npz, monkeypatch,
                                                        caplog):
     crash_after(monkeypatch, 1)

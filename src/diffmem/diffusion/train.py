@@ -112,27 +112,64 @@ def save_checkpoint(folder: Path, step: int, model, ema, opt, gen: torch.Generat
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _read_checkpoint(ck: Path, dev) -> dict:
+    """Every file of one checkpoint, read and checked before anything is applied."""
+    state = json.loads((ck / "state.json").read_text())
+    weights = load_safetensors(ck / "model.safetensors", dev)[0]
+    ema = load_safetensors(ck / "ema.safetensors", dev)[0]
+    tensors, _ = load_safetensors(ck / "optimizer.safetensors", "cpu")
+    rng = tensors.pop("rng")
+    return {"state": state, "model": weights, "ema": ema, "rng": rng,
+            "optimizer": _unflatten_optimizer(tensors, state["optimizer"]),
+            "step": int(state["step"]), "losses": list(state["losses"]),
+            "ema_updates": int(state["ema_updates"])}
+
+
+def _snapshot(model, ema, opt, gen) -> dict:
+    return {"model": copy.deepcopy(model.state_dict()),
+            "ema": copy.deepcopy(ema.module.state_dict()),
+            "optimizer": copy.deepcopy(opt.state_dict()), "rng": gen.get_state(),
+            "ema_updates": ema.num_updates}
+
+
+def _apply(saved: dict, model, ema, opt, gen) -> None:
+    model.load_state_dict(saved["model"])
+    ema.module.load_state_dict(saved["ema"])
+    opt.load_state_dict(saved["optimizer"])
+    gen.set_state(saved["rng"])
+    ema.num_updates = saved["ema_updates"]
+
+
 def load_latest_checkpoint(folder: Path, fp: str, model, ema, opt, gen: torch.Generator):
-    """Restore the newest loadable checkpoint with this settings digest; return (step, losses)."""
+    """Restore the newest loadable checkpoint with this settings digest; return (step, losses).
+
+    All of a checkpoint's files are read first and applied only when every one was read; if
+    applying still fails (a tensor of the wrong shape), the model, the EMA, the optimizer and
+    the generator are put back as they were, so an unusable checkpoint leaves nothing of itself
+    behind and the fresh start is the seeded one."""
+    dev = next(model.parameters()).device
+    before = None
     for ck in sorted(folder.glob("step_*"), reverse=True):
         try:
             state = json.loads((ck / "state.json").read_text())
             if state["fingerprint"] != fp:
                 log.warning("checkpoint %s was made with other settings; not resuming from it", ck)
                 continue
-            dev = next(model.parameters()).device
-            model.load_state_dict(load_safetensors(ck / "model.safetensors", dev)[0])
-            ema.module.load_state_dict(load_safetensors(ck / "ema.safetensors", dev)[0])
-            tensors, _ = load_safetensors(ck / "optimizer.safetensors", "cpu")
-            rng = tensors.pop("rng")
-            opt.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
-            gen.set_state(rng)
-            ema.num_updates = int(state["ema_updates"])
-            log.info("resuming from %s (step %d)", ck, state["step"])
-            return int(state["step"]), list(state["losses"])
+            saved = _read_checkpoint(ck, dev)
         except Exception as err:  # corrupt or partial: warn and fall back to an older one
             log.warning("checkpoint %s is unusable (%s: %s); trying an older one",
                         ck, type(err).__name__, err)
+            continue
+        before = before or _snapshot(model, ema, opt, gen)
+        try:
+            _apply(saved, model, ema, opt, gen)
+        except Exception as err:  # read, but does not fit: undo what was applied
+            _apply(before, model, ema, opt, gen)
+            log.warning("checkpoint %s is unusable (%s: %s); trying an older one",
+                        ck, type(err).__name__, err)
+            continue
+        log.info("resuming from %s (step %d)", ck, saved["step"])
+        return saved["step"], saved["losses"]
     return 0, []
 
 
