@@ -234,7 +234,7 @@ def trained_pair(tmp_path_factory, train_npz):
     tmp = tmp_path_factory.mktemp("pair")
     images = load_npz(train_npz)["images"]
     out = []
-    for seed in (0, 1):
+    for seed in (0, 1, 2):
         _, plain = plain_diffusers_loop(images, TINY, DIFF, 16, 80, torch.device("cpu"),
                                         warmup=0, lr=2e-3, seed=seed)
         train_dpm_stage(train_npz=str(train_npz), model_cfg=TINY, diffusion_cfg=DIFF,
@@ -247,16 +247,20 @@ def trained_pair(tmp_path_factory, train_npz):
 
 
 def test_trainer_losses_match_the_plain_diffusers_loop(trained_pair):
-    """Same model, data, lr, steps: the fast trainer's loss curve is the plain loop's (start and
-    end within 20 %), so its speed-ups do not change what is learned."""
+    """Same model, data, lr, steps: the fast trainer's loss curve is the plain loop's, interval
+    by interval (5 steps each, averaged over 3 seeds), so its speed-ups do not change what is
+    learned. Measured on this data: every interval's ratio within 0.82-1.16 and the mean ratio
+    after the first interval 1.03; a target scaled by 0.9 gives intervals down to 0.67 and a
+    mean of 0.85, timesteps drawn from the first half of the chain only up to 1.86 and 1.58."""
     pairs, _ = trained_pair
-    plain_start = np.mean([p[:5].mean() for p, _ in pairs])
-    ours_start = np.mean([o[0] for _, o in pairs])  # first logged value: mean of steps 1-5
-    plain_end = np.mean([p[-30:].mean() for p, _ in pairs])
-    ours_end = np.mean([o[-6:].mean() for _, o in pairs])  # last 30 steps
-    assert ours_end < 0.5 * ours_start  # it learned
-    assert ours_start == pytest.approx(plain_start, rel=0.2)
-    assert ours_end == pytest.approx(plain_end, rel=0.2)
+    plain = np.mean([p.reshape(-1, 5).mean(1) for p, _ in pairs], axis=0)
+    ours = np.mean([o for _, o in pairs], axis=0)  # logged every 5 steps: the same intervals
+    assert plain.shape == ours.shape == (16,)
+    assert ours[-6:].mean() < 0.5 * ours[0]  # it learned
+    ratio = ours / plain
+    assert ratio[0] == pytest.approx(1, abs=0.15), ratio
+    assert ((ratio > 0.75) & (ratio < 1.33)).all(), ratio
+    assert ratio[1:].mean() == pytest.approx(1, abs=0.08), ratio
 
 
 @pytest.mark.parametrize("sampler,steps", [("ddim", 10), ("ddpm", 10)])

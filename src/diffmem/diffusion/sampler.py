@@ -171,8 +171,8 @@ def reverse(model, process: NoiseProcess, x: torch.Tensor, t_start, *, sampler: 
     With a ``runner`` (:class:`EpsRunner`, the fixed-shape fast path) every step runs the whole
     batch and keeps trajectories that have not started yet unchanged (a mask), so the network
     sees one shape throughout; without one, each step runs only the started trajectories. The
-    two agree exactly for deterministic steps and whenever all trajectories start together;
-    for mixed starts the ancestral noise is drawn for the whole batch, another random stream.
+    two give the same images row for row: each step's noise is drawn for the whole batch in
+    both (:func:`_step_noise`), mixed starts included.
     """
     process.check_sampler(sampler)
     device = x.device
@@ -227,7 +227,7 @@ def reverse(model, process: NoiseProcess, x: torch.Tensor, t_start, *, sampler: 
             c_x = (a * s_s ** 2 / s_t ** 2).float()
             c_0 = (m_s * var_ts / s_t ** 2).float()
             sd = (var_ts * s_s ** 2 / s_t ** 2).clamp(min=1e-20).sqrt().float()
-            noise = torch.randn(xs.shape, generator=generator, device=device)
+            noise = _step_noise(x, idx, masked, generator)
             xs = c_x * xs + c_0 * x0 + (~last) * sd * noise
         else:  # euler_maruyama on the sub-VP SDE, Δτ < 0
             tau_t = process.tau(t.double()).view(-1, 1, 1, 1)
@@ -235,7 +235,7 @@ def reverse(model, process: NoiseProcess, x: torch.Tensor, t_start, *, sampler: 
             beta, g2 = process.subvp_sde(tau_t)
             # f(x, τ) - g² ∇log p with ∇log p = -ε/σ
             drift = (-0.5 * beta).float() * xs + (g2 / s_t).float() * eps
-            noise = torch.randn(xs.shape, generator=generator, device=device)
+            noise = _step_noise(x, idx, masked, generator)
             step = xs + d_tau.float() * drift + (g2 * -d_tau).sqrt().float() * noise
             xs = torch.where(last, x0, step)
         if masked:
@@ -245,6 +245,14 @@ def reverse(model, process: NoiseProcess, x: torch.Tensor, t_start, *, sampler: 
         else:
             x[idx] = xs
     return x.clamp(-1, 1)
+
+
+def _step_noise(x: torch.Tensor, idx, masked: bool, generator) -> torch.Tensor:
+    """A step's noise, drawn for the whole batch whichever rows run (the started rows' share
+    when the step runs only those), so the plain and the fixed-shape paths draw the same noise
+    for every trajectory: row for row the same images, mixed starts included."""
+    noise = torch.randn(x.shape, generator=generator, device=x.device)
+    return noise if idx is None or masked else noise[idx]
 
 
 def as_eps(process: NoiseProcess, out: torch.Tensor, x_t: torch.Tensor, m_t: torch.Tensor,
