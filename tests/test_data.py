@@ -170,3 +170,69 @@ def test_the_seed_0_breastmnist_target_has_no_twin(data_root, tmp_path):
     meta = run_prepare(data_root, tmp_path / "r", n=546, seed=0)
     assert meta["target_source_index"] != 540
     assert meta["target_nearest_other"]["similarity"] < 0.95
+
+
+def brute_force_twins(train: np.ndarray, heldout: np.ndarray, shift: int, mirror: bool):
+    """The near-duplicate counts the README quotes, derived in plain numpy apart from the
+    library: every pair's smallest RMS difference in grey levels over the shifts of up to
+    ``shift`` pixels (a query's window against the reference's centre crop) and the mirror,
+    in either direction; twins within 5 grey levels; groups as connected components."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    x = np.concatenate([train, heldout]).astype(np.float64)
+    n, s, h = len(x), shift, x.shape[1]
+    ref = x[:, s:h - s, s:h - s].reshape(n, -1)
+    best = np.full((n, n), np.inf)
+    for q in (x, x[:, :, ::-1]) if mirror else (x,):
+        for dy in range(-s, s + 1):
+            for dx in range(-s, s + 1):
+                w = q[:, s + dy:h - s + dy, s + dx:h - s + dx].reshape(n, -1)
+                d2 = (w ** 2).sum(1)[:, None] + (ref ** 2).sum(1)[None] - 2 * w @ ref.T
+                best = np.minimum(best, np.sqrt(np.maximum(d2, 0) / ref.shape[1]))
+    near = (best <= 5.0) | (best.T <= 5.0)
+    np.fill_diagonal(near, False)
+    _, label = connected_components(coo_matrix(near), directed=False)
+    tl, hl = label[:len(train)], label[len(train):]
+    sizes = np.bincount(tl, minlength=label.max() + 1)
+    return {"train_with_a_twin_in_train": int((sizes[tl] > 1).sum()),
+            "heldout_sharing_a_group_with_train": int(np.isin(hl, tl).sum())}
+
+
+@pytest.mark.parametrize("shift,mirror,twins,shared,ams,ams_free,carlini,carlini_free", [
+    (2, True, 112, 50, 0.385, 0.217, 0.226, 0.038),   # the audit's matching
+    (0, False, 110, 46, 0.385, 0.234, 0.244, 0.064),  # pixel to pixel
+])
+def test_the_readme_s_breastmnist_near_duplicate_figures(data_root, shift, mirror, twins, shared,
+                                                         ams, ams_free, carlini, carlini_free):
+    """The README's figures on the shared BreastMNIST file: training images with a twin in the
+    training split and held-out images sharing a group with a training image, derived by brute
+    force and equal to the library's groups (no chain was split); the held-out images' share
+    with a training image at cosine ≥ 0.95 and passing Carlini's criterion, with and without
+    those twins."""
+    import math
+
+    from diffmem.data.duplicates import near_duplicate_groups
+    from diffmem.metrics.memorization import carlini_extracted
+    from diffmem.metrics.similarity import Matching, nearest
+
+    with np.load(data_root / "breastmnist.npz") as f:
+        tr, ho = f["train_images"], np.concatenate([f["val_images"], f["test_images"]])
+    counts = brute_force_twins(tr, ho, shift, mirror)
+    assert counts == {"train_with_a_twin_in_train": twins,
+                      "heldout_sharing_a_group_with_train": shared}
+    match = Matching(shift, mirror)
+    res = near_duplicate_groups(tr, ho, metric="rms", threshold=5.0, max_diameter=None,
+                                matching=match)
+    assert res["summary"]["chains_split"] == 0
+    assert res["summary"]["heldout_images_sharing_a_group_with_train"] == shared
+    free = ~np.isin(res["heldout_group"], res["train_group"])
+    assert free.sum() == len(ho) - shared  # 184 (188 pixel to pixel) twin-free held-out images
+    cos = nearest(ho, tr, kind="cosine", top_k=1, matching=match)["sim"][:, 0]
+    l2 = nearest(ho, tr, kind="l2", top_k=50, matching=match)
+    ex = carlini_extracted((1 - l2["sim"]) * math.sqrt(match.compared_pixels(tr.shape[1:])),
+                           alpha=0.5, delta=0.333)
+    assert round(float((cos >= 0.95).mean()), 3) == ams
+    assert round(float((cos[free] >= 0.95).mean()), 3) == ams_free
+    assert round(float(ex.mean()), 3) == carlini and round(float(ex[free].mean()), 3) == \
+        carlini_free

@@ -91,6 +91,15 @@ def test_fid_stage_uses_the_weights_file_and_says_when_it_skips(sets, inception,
         "fc.weight": torch.zeros(1000, 2048), "fc.bias": torch.zeros(1000)})
     got = sample_quality_stage(cfg={"inception_weights": str(tmp_path / "inc.safetensors")},
                                out_json=str(tmp_path / "fid.json"), **files)
-    assert got["skipped"] is None and got["fid_train"] > 0 and got["fid_test"] > 0
+    assert got["skipped"] is None
+    # the stage's FIDs are the Fréchet distances of these images' features, computed here with
+    # the fixture's network (the one whose weights the stage read from the file)
+    feats = {k: gaussian_stats(inception_features(x, inception, "cpu", 24))
+             for k, x in (("s", a[:6]), ("t", b[:6]), ("h", a[6:12]))}
+    assert got["fid_train"] == pytest.approx(frechet_distance(*feats["s"], *feats["t"]),
+                                             abs=1e-3)
+    assert got["fid_test"] == pytest.approx(frechet_distance(*feats["s"], *feats["h"]),
+                                            abs=1e-3)
+    assert got["fid_train"] != got["fid_test"]
     assert "singular" in got["note"]
     assert json.loads((tmp_path / "fid.json").read_text())["fid_test"] == got["fid_test"]

@@ -177,7 +177,9 @@ def test_a_generator_that_copies_training_images_gets_yes(breast):
     assert plain["carlini_rate"] > 0.9 and (table.equal_size == res["equal_size"]).all()
 
 
-def test_a_generator_of_unseen_images_never_gets_yes(breast):
+def test_a_generator_of_unseen_images_gets_no_yes_on_this_draw(breast):
+    """One seeded draw (the known-truth study measures the rate over 20: 1 "yes" in 20 at
+    α = 0.05)."""
     res = _run(breast, breast["unseen"])
     assert decide(res["tests"]["plain_copies"], alpha=0.05, margin=0.05) != "yes"
     assert decide(res["tests"]["side_extracts_more"], alpha=0.05, margin=0.05) != "yes"
@@ -238,10 +240,29 @@ def test_pure_noise_is_named_samples_unlike_the_training_data(breast):
 
 
 def test_a_copy_answer_says_what_rate_it_could_have_detected(breast):
+    """The rate is computed at the run's own sizes: the 96 generated images and the null's
+    scoring half (counted here from the pool, not read back from the answer)."""
     t = _run(breast, breast["unseen"])["tests"]["plain_copies"]
+    assert t["n"] == 96 and t["null_n"] == len(breast["pool"]["score"])
     assert 0 < t["null_rate_calibration"] < 0.2 and 0 < t["detectable_rate"] < 1
     assert t["detectable_rate"] == pytest.approx(
-        detectable_rate(t["n"], t["null_n"], t["null_rate_calibration"]))
+        detectable_rate(96, len(breast["pool"]["score"]), t["null_rate_calibration"]))
+
+
+def test_the_readme_s_detectable_rates():
+    """The README's examples of what a small null can see."""
+    assert round(detectable_rate(126, 40, 0.05), 2) == 0.18
+    assert round(detectable_rate(10_000, 94, 5 / 94), 2) == 0.09
+
+
+def test_the_detectable_rate_equals_a_hand_worked_value():
+    """10 generated against 10 null images with no null image in the high band (p0 = 0): by
+    hand, Fisher's one-sided p for k of 10 against 0 of 10 is C(10, k)/C(20, k): 0.105 at k = 3,
+    0.043 at k = 4; at k = 4 Newcombe's lower bound is 0.4 − √((0.4 − 0.168)² + 0.2775²) =
+    0.038 > 0 (Wilson 4/10: 0.168; Wilson upper of 0/10: 0.2775). So "yes" from 4 hits on, and
+    the detectable excess δ solves P(Bin(10, δ) ≥ 4) = 0.8, i.e. the 0.8 quantile of
+    Beta(4, 7): 0.48366."""
+    assert detectable_rate(10, 10, 0.0) == pytest.approx(0.48366, abs=1e-4)
 
 
 def test_no_needs_the_power_to_have_seen_the_margin():

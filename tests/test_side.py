@@ -89,4 +89,5 @@ def test_time_classifier_learns_separable_clusters(kind):
                                          progress=False)
     assert isinstance(net, TimeClassifier)
     low_noise = metrics["accuracy_by_t"][0]["accuracy"]
-    assert low_noise > 0.8 > metrics["chance"] + 0.4
+    assert metrics["chance"] == pytest.approx(1 / 3)  # three clusters
+    assert low_noise > 0.8  # far above chance on held-out members at the lowest noise

@@ -1,7 +1,7 @@
 """The small test config through a real single-node SLURM cluster (tests/slurm/start.sh).
 
 Skipped, with the reason, only where the cluster cannot be started (not root, no apt-get, or the
-daemons fail); CI runs as root and starts it.
+daemons fail), and only outside CI: with ``CI`` set a failed start fails the test.
 """
 
 from __future__ import annotations
@@ -25,14 +25,22 @@ GPU_RULES = ["train_dpm", "sample", "train_fingerprint_classifiers", "detect_rep
              "boundary_search", "train_surrogate_classifier", "side_extract"]
 
 
+def cannot_start(reason: str) -> None:
+    """Skip with the reason on a developer's machine; fail under CI (``CI`` set), where the
+    cluster is expected to start, so a CI run never loses the SLURM test silently."""
+    if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
+        pytest.fail(f"CI is set and {reason}")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="module")
 def slurm_cluster():
     if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("a SLURM test cluster needs root and apt-get (Debian) on this machine")
+        cannot_start("a SLURM test cluster needs root and apt-get (Debian) on this machine")
     start = subprocess.run(["bash", str(ROOT / "tests/slurm/start.sh")], capture_output=True,
                            text=True, timeout=600)
     if start.returncode != 0:
-        pytest.skip(f"SLURM could not be started: {start.stderr.strip()[-500:]}")
+        cannot_start(f"SLURM could not be started: {start.stderr.strip()[-500:]}")
     yield
     subprocess.run(["bash", str(ROOT / "tests/slurm/stop.sh")], timeout=60)
 
@@ -73,3 +81,13 @@ def test_slurm_run_submits_jobs_and_matches_the_local_run(slurm_cluster, finishe
         np.testing.assert_allclose(w_slurm[k].numpy(), w_local[k].numpy(), atol=1e-4)
     cfg = yaml.safe_load((ROOT / "workflow/profiles/slurm/config.yaml").read_text())
     assert cfg["executor"] == "slurm"
+
+
+@pytest.mark.parametrize("ci,outcome", [("true", "failed"), ("1", "failed"), ("", "skipped"),
+                                        ("false", "skipped")])
+def test_a_cluster_that_cannot_start_fails_under_ci_and_skips_elsewhere(monkeypatch, ci,
+                                                                        outcome):
+    monkeypatch.setenv("CI", ci)
+    kind = pytest.fail.Exception if outcome == "failed" else pytest.skip.Exception
+    with pytest.raises(kind, match="SLURM could not be started: slurmd died"):
+        cannot_start("SLURM could not be started: slurmd died")

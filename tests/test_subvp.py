@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
+import pytest
 
 from diffmem.attacks.fingerprint.classifiers import build_resnet, save_classifier
 from diffmem.io import load_npz, save_npz
@@ -58,7 +60,12 @@ def test_subvp_model_through_sampling_boundary_search_and_side(tmp_path, data_ro
         out_csv=str(tmp_path / "b.csv"), out_json=str(tmp_path / "b.json"),
         out_png=str(tmp_path / "b.png"))
     assert summary["T"] == 1000 and summary["evaluations"] == 5  # t = 0, 250, 500, 750, 999
-    assert 0 <= summary["rho"] <= 1 and len(summary["rho_control"]) == 1
+    # ρ is the largest t/T at which a reverse run came back, read here from the per-t table
+    table = pd.read_csv(tmp_path / "b.csv")
+    for query, rho in [("target", summary["rho"]), ("control 1", summary["rho_control"][0])]:
+        rows = table[(table["query"] == query) & (table["accepted"] > 0)]
+        assert rho == pytest.approx(rows["t_over_T"].max() if len(rows) else 0.0), query
+    assert sorted(table["t"].unique()) == [0, 250, 500, 750, 999]
     assert summary["sampler"] == "euler_maruyama"  # auto: the paper's sampler for sub-VP
 
     save_npz(tmp_path / "labels.npz", labels=np.arange(12) % 2)
