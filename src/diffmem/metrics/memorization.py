@@ -80,9 +80,12 @@ def in_band(sim: np.ndarray, band: tuple[float, float]) -> np.ndarray:
 
 
 def band_scores(nn_: dict, groups: np.ndarray, edges) -> dict:
-    """AMS and UMS (distinct training groups) of the scored images on each band."""
+    """AMS and UMS (distinct training groups) of the scored images on each band; NaN where a
+    similarity has no bands (``edges`` None: the copy embedding without unseen images)."""
     out = {}
     n = len(nn_["sim"])
+    if edges is None:
+        return {f"{m}_{name}": float("nan") for name in BAND_NAMES for m in ("ams", "ums")}
     for name, band in zip(BAND_NAMES, band_intervals(edges), strict=True):
         hit = in_band(nn_["sim"][:, 0], band) if n else np.zeros(0, bool)
         matched = nn_["index"][in_band(nn_["sim"], band)] if n else np.zeros(0, int)

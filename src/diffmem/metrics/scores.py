@@ -15,9 +15,13 @@ Primary statistics (one per question, uncorrected; the README names them):
   yes-rule detects with 80 % power at these sizes (``detectable_rate``: a "no" needs it at or
   below the margin) and a one-sided Mann–Whitney test that the samples are *less* like the
   training images than unseen images (``unlike_p_value``: "samples unlike the training data").
-  Every similarity is matched at its best shift and mirror
+  Every pixel similarity is matched at its best shift and mirror
   (:class:`~diffmem.metrics.similarity.Matching`); the plain pixel match is scored beside it as
-  the ``pixel`` rows.
+  the ``pixel`` rows. With the learned copy eye (``embed``, an embedding trained on the training
+  images only) and unseen images, the high band is that of ``combined``: per (generated,
+  training) pair the larger of the two eyes' calibration-CDF values
+  (:func:`~diffmem.metrics.similarity.combined_nearest`); "unlike" then asks each eye
+  (Bonferroni), and the pixel match's answer alone is kept beside (``plain_copies_pixel``).
 * ``side_extracts_more``: UMS in the high band (distinct training groups per image) of SIDE at
   its best scale minus plain sampling's, on equally many images. The best scale is chosen on one
   half of each cluster's SIDE images and scored on the other half, against as many plain
@@ -52,7 +56,18 @@ from .memorization import (
     reference_bands,
     set_scores,
 )
-from .similarity import PLAIN_PIXELS, SIMILARITIES, Matching, nearest, subset
+from .similarity import (
+    EMBEDDING,
+    EYES,
+    PLAIN_PIXELS,
+    SIMILARITIES,
+    EyeCalibration,
+    Matching,
+    combined_nearest,
+    embedding_nearest,
+    nearest,
+    subset,
+)
 from .stats import (
     auc_test,
     detectable_rate,
@@ -80,35 +95,71 @@ def cluster_halves(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarra
     return np.sort(np.concatenate(sel)), np.sort(np.concatenate(ev))
 
 
-# the similarities every set is scored under: the two matched at their best transform (the
-# verdict's), then the plain pixel match, reported beside them (``pixel``: cosine, no transform)
+# the pixel similarities every set is scored under: the two matched at their best transform,
+# then the plain pixel match, reported beside them (``pixel``: cosine, no transform). With the
+# learned copy eye two more: ``embedding`` (its cosine) and ``combined`` (both eyes per pair,
+# the verdict's, :func:`~diffmem.metrics.similarity.combined_nearest`)
 KINDS = (*SIMILARITIES, "pixel")
+COMBINED = "combined"
 
 
 class Scorer:
     """Nearest training images of every set under each similarity, and per-set scores.
 
     ``cfg["matching"]`` (the config's section; an imported model trained with random flips
-    always mirrors) sets the transforms the two verdict similarities are the best over."""
+    always mirrors) sets the transforms the two verdict similarities are the best over.
+    ``embed`` (images → L2-normalised embeddings, the copy eye trained on these training
+    images) adds the ``embedding`` kind, and once :meth:`calibrate` has seen the null's
+    calibration half, the ``combined`` kind."""
 
-    def __init__(self, train: np.ndarray, groups: np.ndarray, cfg: dict, device):
+    def __init__(self, train: np.ndarray, groups: np.ndarray, cfg: dict, device,
+                 embed=None):
         self.train, self.groups, self.cfg, self.device = train, groups, cfg, device
         self.k = max(int(cfg.get("top_k", 50)), int(cfg["carlini"]["n"]))
         self.matching = Matching.from_config(cfg.get("matching"), train.shape[1])
         self.dim = self.matching.compared_pixels(train.shape[1:])
         self.edges: dict[str, list] = {}
+        self.pixel_kind = cfg.get("similarity", "cosine")  # the pixel eye of ``combined``
+        self.embed = embed
+        self.train_emb = embed(train) if embed is not None else None
+        self.cal: EyeCalibration | None = None
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        extra = ((EMBEDDING,) if self.embed is not None else ()) + \
+            ((COMBINED,) if self.cal is not None else ())
+        return KINDS + extra
 
     def how(self, kind: str) -> tuple[str, Matching]:
-        """(similarity, matching) of a scored kind."""
+        """(similarity, matching) of a scored pixel kind."""
         return ("cosine", PLAIN_PIXELS) if kind == "pixel" else (kind, self.matching)
 
     def nn(self, images: np.ndarray) -> dict:
+        """Every kind's nearest training images (``combined`` once calibrated)."""
         out = {}
         for kind in KINDS:
             sim, matching = self.how(kind)
             out[kind] = nearest(images, self.train, kind=sim, top_k=self.k, device=self.device,
                                 matching=matching)
+        if self.embed is not None:
+            q = self.embed(images)
+            out[EMBEDDING] = embedding_nearest(q, self.train_emb, top_k=self.k,
+                                               device=self.device)
+            if self.cal is not None:
+                out[COMBINED] = combined_nearest(
+                    images, self.train, q, self.train_emb, self.cal, kind=self.pixel_kind,
+                    matching=self.matching, top_k=self.k, device=self.device)
         return out
+
+    def calibrate(self, images: np.ndarray, nns: dict) -> None:
+        """Read both eyes' calibration from the null's calibration half (``images`` and their
+        :meth:`nn`), and add their own, leave-one-out, combined scores to ``nns``."""
+        self.cal = EyeCalibration(nns[self.pixel_kind]["sim"][:, 0],
+                                  nns[EMBEDDING]["sim"][:, 0])
+        nns[COMBINED] = combined_nearest(
+            images, self.train, self.embed(images), self.train_emb, self.cal,
+            kind=self.pixel_kind, matching=self.matching, top_k=self.k, device=self.device,
+            own=np.arange(len(images)))
 
     def carlini_view(self, nns: dict) -> dict:
         n = int(self.cfg["carlini"]["n"])
@@ -126,36 +177,51 @@ def score_run(*, train: np.ndarray, groups: np.ndarray, plain: np.ndarray,
               side_sets: dict[float, tuple[np.ndarray, np.ndarray]], pool: dict,
               heldout: np.ndarray | None, cfg: dict, device="cpu", label: str = PLAIN,
               question: str = "does plain sampling copy training images?",
-              null_nns: dict | None = None) -> dict:
+              null_nns: dict | None = None, embed=None) -> dict:
     """Score every set beside the null and run the tests (see the module docstring).
 
     ``plain`` is the generated set the copy question is asked of, named ``label`` (plain
-    samples of a model, or a folder of generated images); ``null_nns`` (:meth:`Scorer.nn` of the
-    pool's ``score`` and ``calibrate`` halves, for these training images and settings) skips
-    recomputing them when many sets are scored against one null. SIDE's sets (``side_sets``)
-    come with a model's plain samples (``label`` left as it is)."""
+    samples of a model, or a folder of generated images); ``null_nns`` (:func:`null_neighbours`
+    of the pool, for these training images, settings and ``embed``) skips recomputing them when
+    many sets are scored against one null. SIDE's sets (``side_sets``) come with a model's plain
+    samples (``label`` left as it is). ``embed``: the copy eye (images → embeddings) trained on
+    these training images; with unseen images the verdict's similarity is then ``combined``."""
     rng = np.random.default_rng(int(cfg.get("seed", 4)))
-    scorer = Scorer(train, groups, cfg, device)
-    primary = cfg.get("similarity", "cosine")
+    scorer = Scorer(train, groups, cfg, device, embed=embed)
+    pixel = scorer.pixel_kind
     # no unseen image at all (an imported model without held-out images): every score is
     # reported, none is tested against a null, and the bands come from the training images
     no_null = len(pool["score"]) == 0
-    nns = {label: scorer.nn(plain)}
+    null_part = {}
     if not no_null:
-        null_nns = null_nns or null_neighbours(scorer, pool)
-        nns[NULL], cal = null_nns["score"], null_nns["calibrate"]
+        if null_nns is None:
+            null_nns = null_neighbours(scorer, pool)
+        else:
+            scorer.cal = null_nns.get("cal")
+        null_part[NULL], cal = null_nns["score"], null_nns["calibrate"]
+    primary = COMBINED if scorer.cal is not None else pixel
+    nns = {label: scorer.nn(plain), **null_part}
     quantiles, tail = cfg.get("band_quantiles", [0.5, 0.9, 0.99]), int(cfg.get("min_tail", 5))
     bands = {}
-    for kind in KINDS:
-        fixed = cfg.get("fixed_bands") if kind == primary else None
+    for kind in scorer.kinds:
+        fixed = cfg.get("fixed_bands") if kind == pixel else None
         if fixed:
             bands[kind] = fixed_bands(fixed)
+        elif no_null and kind == EMBEDDING:
+            # training images are one another's negatives in the embedding: their similarities
+            # to each other cannot stand in for a null, so the embedding gets no bands
+            bands[kind] = {"edges": None, "kind": "none (no unseen images to calibrate the "
+                                                  "embedding on)"}
         elif no_null:
             sim, matching = scorer.how(kind)
             bands[kind] = reference_bands(train, groups, quantiles, kind=sim, min_tail=tail,
                                           device=device, matching=matching)
         else:
             bands[kind] = calibrate_bands(cal[kind]["sim"][:, 0], quantiles, tail)
+            if kind == COMBINED:
+                bands[kind]["kind"] += (" (both eyes: each pair's larger empirical CDF value of "
+                                        "the calibration images' nearest-training similarity, "
+                                        "calibration images left out of their own)")
         scorer.edges[kind] = bands[kind]["edges"]
     if heldout is not None and len(heldout):
         nns[HELDOUT] = scorer.nn(heldout)
@@ -179,7 +245,7 @@ def score_run(*, train: np.ndarray, groups: np.ndarray, plain: np.ndarray,
     for key, v in nns.items():
         method, scale = (key if isinstance(key, tuple) else (key, best if key == SIDE_BEST
                                                              else None))
-        for kind in KINDS:
+        for kind in scorer.kinds:
             full = scorer.scores(v, kind)
             eq = equal_size(lambda r, v=v, kind=kind: scorer.scores(v, kind, r), sizes[key], m,
                             repeats, rng)
@@ -198,34 +264,66 @@ def score_run(*, train: np.ndarray, groups: np.ndarray, plain: np.ndarray,
 
     k_plain, n_plain = high_hits(label)
     alpha, margin = float(cfg.get("alpha", 0.05)), float(cfg.get("margin_copies", 0.05))
-    if no_null:
-        copies = untested(k_plain / n_plain, n_plain, "no unseen images to compare with")
-    else:
-        copies = rate_excess(k_plain, n_plain, *high_hits(NULL))
+    what = "plain samples" if label == PLAIN else label
+
+    def copy_test(kind: str) -> dict:
+        if no_null:
+            return untested(high_hits(label, kind)[0] / n_plain, n_plain,
+                            "no unseen images to compare with")
+        t = rate_excess(*high_hits(label, kind), *high_hits(NULL, kind))
         # the power of the yes-rule at these sizes: the null's rate in the high band is the
         # calibration half's share at or above its edge
-        p0 = float((cal[primary]["sim"][:, 0] >= scorer.edges[primary][2]).mean())
-        copies |= {"detectable_rate": detectable_rate(n_plain, copies["null_n"], p0,
-                                                      alpha=alpha),
-                   "null_rate_calibration": p0, "detectable_power": 0.8,
-                   "unlike_p_value": less_similar(nns[label][primary]["sim"][:, 0],
-                                                  nns[NULL][primary]["sim"][:, 0])}
-    what = "plain samples" if label == PLAIN else label
+        p0 = float((cal[kind]["sim"][:, 0] >= scorer.edges[kind][2]).mean())
+        return t | {"detectable_rate": detectable_rate(n_plain, t["null_n"], p0, alpha=alpha),
+                    "null_rate_calibration": p0, "detectable_power": 0.8}
+
+    copies = copy_test(primary)
+    if not no_null:
+        # "samples unlike the training data": either eye finds the generated images less like
+        # the training images than unseen images are (one-sided Mann–Whitney on each eye's
+        # nearest-training similarity, Bonferroni over the eyes: either p below α/2)
+        eyes = {"pixels": less_similar(nns[label][pixel]["sim"][:, 0],
+                                       nns[NULL][pixel]["sim"][:, 0])}
+        if EMBEDDING in scorer.kinds:
+            eyes["embedding"] = less_similar(nns[label][EMBEDDING]["sim"][:, 0],
+                                             nns[NULL][EMBEDDING]["sim"][:, 0])
+        copies |= {"unlike_p_value": min(1.0, len(eyes) * min(eyes.values())),
+                   "unlike_p_values": eyes}
+    if primary == COMBINED:
+        statistic = (f"excess share of {what} in the high band of both eyes ({pixel} pixel "
+                     f"match and the copy embedding, per pair the more unusual) over unseen "
+                     f"images (p_gen − p_null)")
+    else:
+        statistic = (f"excess share of {what} in the high {primary} band over unseen images "
+                     f"(p_gen − p_null)")
     tests = {"plain_copies": {
-        "question": question,
-        "statistic": f"excess share of {what} in the high {primary} band over unseen "
-                     f"images (p_gen − p_null)",
+        "question": question, "statistic": statistic, "similarity": primary,
         **copies, "margin": margin, "null_effect": 0.0,
         "matching": {"shift": scorer.matching.shift, "mirror": scorer.matching.mirror},
         "test": "one-sided Fisher exact; Newcombe 95 % interval; the rate detectable with 80 % "
                 "power at these sizes; one-sided Mann–Whitney for samples less like the "
-                "training images than unseen images"}}
+                "training images than unseen images" + (" (each eye, Bonferroni)" if
+                                                         "unlike_p_values" in copies and len(
+                                                             copies["unlike_p_values"]) > 1
+                                                         else "")}}
+    if primary == COMBINED:
+        # the pixel match alone, as the copy question was answered before the copy eye:
+        # reported beside the verdict's, not the verdict
+        pix = copy_test(pixel)
+        pix["unlike_p_value"] = copies["unlike_p_values"]["pixels"]
+        tests["plain_copies_pixel"] = {
+            "question": question + " (the pixel match alone)",
+            "statistic": f"excess share of {what} in the high {pixel} band over unseen images "
+                         f"(p_gen − p_null), the pixel match alone", "similarity": pixel,
+            **pix, "margin": margin, "null_effect": 0.0,
+            "test": "one-sided Fisher exact; Newcombe 95 % interval; reported beside the "
+                    "verdict's, not the verdict"}
     if best is not None:  # SIDE against plain sampling: a comparison that needs no unseen image
         tests["side_extracts_more"] = _side_vs_plain(scorer, nns, best, primary, rng, cfg)
     secondary = [] if no_null else _secondary(scorer, nns, sizes, side_sets, primary, high_hits,
                                               cfg, label)
     return {"table": table, "bands": bands, "tests": tests, "secondary": secondary,
-            "label": label,
+            "label": label, "scorer": scorer,
             "best_scale": best, "selection": selection, "equal_size": m, "nns": nns,
             "primary_similarity": primary, "top_k": scorer.k,
             "halves": None if halves is None else [len(halves[0]), len(halves[1])]}
@@ -233,25 +331,33 @@ def score_run(*, train: np.ndarray, groups: np.ndarray, plain: np.ndarray,
 
 def score_generated(*, train: np.ndarray, groups: np.ndarray, generated: np.ndarray,
                     pool: dict, cfg: dict, device="cpu", heldout: np.ndarray | None = None,
-                    null_nns: dict | None = None) -> dict:
+                    null_nns: dict | None = None, embed=None) -> dict:
     """A generator's images scored beside the null, without its model: the copy question only
     (membership, the walk-back and SIDE need the model). The one scoring path of a
     ``generated:`` entry and of the known-truth study's stand-ins."""
     return score_run(train=train, groups=groups, plain=generated, side_sets={}, pool=pool,
                      heldout=heldout, cfg=cfg, device=device, label=GENERATED,
-                     question="do these images copy training images?", null_nns=null_nns)
+                     question="do these images copy training images?", null_nns=null_nns,
+                     embed=embed)
 
 
 def null_neighbours(scorer: Scorer, pool: dict) -> dict:
-    """:meth:`Scorer.nn` of the null's two halves (``score``, ``calibrate``)."""
-    return {half: scorer.nn(pool["images"][pool[half]]) for half in ("score", "calibrate")}
+    """:meth:`Scorer.nn` of the null's two halves (``score``, ``calibrate``), and, with the copy
+    eye, both eyes' calibration (``cal``) read from the calibration half first."""
+    images = pool["images"][pool["calibrate"]]
+    cal = scorer.nn(images)
+    if scorer.embed is not None and len(images) >= 2:
+        scorer.calibrate(images, cal)
+    return {"calibrate": cal, "score": scorer.nn(pool["images"][pool["score"]]),
+            "cal": scorer.cal}
 
 
 def per_image(res: dict, names: list[str] | None = None) -> pd.DataFrame:
     """Every generated image (plain samples; SIDE's at each scale) with its nearest training
     image under the verdict's similarity, that similarity, the transform that matched, whether
     it lies in the high band (a copy by the verdict's rule), and the plain pixel match beside
-    it."""
+    it. With the copy eye (``combined``): which eye matched (``eye``: pixels, embedding or
+    both) and both eyes' similarities to that training image."""
     primary = res["primary_similarity"]
     high = res["bands"][primary]["edges"][2]
     frames = []
@@ -261,12 +367,18 @@ def per_image(res: dict, names: list[str] | None = None) -> pd.DataFrame:
         method, scale = (key, None) if key == res["label"] else key
         nn_, pix = v[primary], v["pixel"]
         j = nn_["index"][:, 0]
+        how = [Matching.describe(nn_["transforms"][t]) for t in nn_["transform"][:, 0]]
+        cols = {}
+        if primary == COMBINED:
+            eye = np.array(EYES)[nn_["eye"][:, 0]]
+            how = [EMBEDDING if e == "embedding" else h for e, h in zip(eye, how, strict=True)]
+            cols = {"eye": eye, "pixel_match_similarity": nn_["pixel_sim"][:, 0],
+                    "embedding_similarity": nn_["embedding_sim"][:, 0]}
         frames.append(pd.DataFrame({
             "set": method, "scale": scale, "image": np.arange(len(j)), "nearest_train": j,
             "nearest_name": [names[i] for i in j] if names else None,
-            "similarity": nn_["sim"][:, 0],
-            "transform": [Matching.describe(nn_["transforms"][t]) for t in nn_["transform"][:, 0]],
-            "copy": nn_["sim"][:, 0] >= high,
+            "similarity": nn_["sim"][:, 0], "transform": how,
+            "copy": nn_["sim"][:, 0] >= high, **cols,
             "pixel_similarity": pix["sim"][:, 0], "pixel_nearest_train": pix["index"][:, 0]}))
     return pd.concat(frames, ignore_index=True)
 
@@ -313,13 +425,14 @@ def _side_vs_plain(scorer, nns, best, primary, rng, cfg) -> dict:
 def _secondary(scorer, nns, sizes, side_sets, primary, high_hits, cfg, label) -> list[dict]:
     out = []
     short = "plain" if label == PLAIN else label
-    other = next(k for k in SIMILARITIES if k != primary)
     for band in ("low", "mid"):
         out.append({"name": f"{short} vs null: AMS {band} band ({primary})",
                     **rate_excess(*high_hits(label, primary, band),
                                   *high_hits(NULL, primary, band))})
-    out.append({"name": f"{short} vs null: AMS high band ({other})",
-                **rate_excess(*high_hits(label, other), *high_hits(NULL, other))})
+    # the high band of every other similarity (with the copy eye: each eye alone)
+    for other in [k for k in (*SIMILARITIES, EMBEDDING) if k != primary and k in scorer.kinds]:
+        out.append({"name": f"{short} vs null: AMS high band ({other})",
+                    **rate_excess(*high_hits(label, other), *high_hits(NULL, other))})
 
     def carlini_hits(key):
         view = scorer.carlini_view(nns[key])

@@ -69,7 +69,9 @@ class Matching:
                 for dy, dx in shifts]
 
     @staticmethod
-    def describe(transform: tuple[int, int, bool]) -> str:
+    def describe(transform: tuple[int, int, bool] | str) -> str:
+        if isinstance(transform, str):  # the copy embedding's one "transform"
+            return transform
         dy, dx, flip = transform
         return ("mirrored " if flip else "") + ("as is" if (dy, dx) == (0, 0) else
                                                 f"shifted dx={dx:+d} dy={dy:+d}")
@@ -179,6 +181,121 @@ def nearest_other(queries: np.ndarray, pool: np.ndarray, own: np.ndarray, *,
     col = (nn_["index"][:, 0] == np.asarray(own)).astype(int)
     rows = np.arange(len(col))
     return nn_["sim"][rows, col], nn_["index"][rows, col]
+
+
+def embedding_nearest(q_emb: np.ndarray, r_emb: np.ndarray, *, top_k: int = 50,
+                      device="cpu", chunk: int = 4096) -> dict:
+    """Nearest references by the cosine of precomputed L2-normalised embeddings (the learned
+    copy eye, :mod:`diffmem.attacks.copies`): the same record as :func:`nearest`, one
+    "transform" (the embedding)."""
+    dev = torch.device(device)
+    dtype = torch.float64 if dev.type == "cpu" else torch.float32
+    r = torch.as_tensor(np.asarray(r_emb), device=dev, dtype=dtype)
+    k = min(top_k, len(r))
+    sims, idx = [], []
+    for i in range(0, len(q_emb), chunk):
+        q = torch.as_tensor(np.asarray(q_emb[i:i + chunk]), device=dev, dtype=dtype)
+        top = (q @ r.T).float().topk(k, dim=1)
+        sims.append(top.values.cpu())
+        idx.append(top.indices.cpu())
+    sim = torch.cat(sims).numpy() if sims else np.zeros((0, k), np.float32)
+    index = torch.cat(idx).numpy() if idx else np.zeros((0, k), np.int64)
+    return {"sim": sim, "index": index, "transform": np.zeros_like(index),
+            "transforms": [EMBEDDING], "kind": "embedding"}
+
+
+EMBEDDING = "embedding"  # the one "transform" of the learned eye's matches
+
+
+@dataclass(frozen=True)
+class EyeCalibration:
+    """The calibration half of the null under each eye: every calibration image's
+    nearest-training similarity by the pixel match (``pixel``) and by the embedding
+    (``embedding``), in the same order."""
+
+    pixel: np.ndarray
+    embedding: np.ndarray
+
+    def __post_init__(self):
+        if len(self.pixel) != len(self.embedding) or len(self.pixel) < 2:
+            raise ValueError("both eyes' calibration similarities are needed, for the same "
+                             "calibration images (at least 2)")
+
+
+def combined_nearest(queries: np.ndarray, refs: np.ndarray, q_emb: np.ndarray,
+                     r_emb: np.ndarray, cal: EyeCalibration, *, kind: str = "cosine",
+                     matching: Matching = PLAIN_PIXELS, top_k: int = 50, device="cpu",
+                     chunk: int = 1024, own: np.ndarray | None = None) -> dict:
+    """Both eyes at once, per (query, reference) pair: c = max(R_pix(s_pix), R_emb(s_emb)),
+    where R is the calibration images' empirical CDF of that eye's nearest-training similarity,
+    R(s) = #{calibration ≤ s} / n. So each eye is read in one currency, "how unusual is this
+    closeness for an image the model never saw", and a pair is as close as its more unusual eye
+    says. For the calibration images themselves (``own``: their row in ``cal``, one per query)
+    the CDF leaves the image out, R(s) = (#{calibration ≤ s} − [own ≤ s]) / (n − 1), so their
+    scores are not in-sample.
+
+    Returns :func:`nearest`'s record ordered by c (ties by the other eye's R), plus per pair
+    ``pixel_sim``, ``embedding_sim`` (the raw similarities), ``eye`` (0: the pixel match's R is
+    the larger, 1: the embedding's, 2: equal) and ``transform`` (the pixel match's)."""
+    dev = torch.device(device)
+    dtype = torch.float64 if dev.type == "cpu" else torch.float32
+    n = len(cal.pixel)
+    cal_p = torch.as_tensor(np.sort(cal.pixel), device=dev, dtype=torch.float32)
+    cal_e = torch.as_tensor(np.sort(cal.embedding), device=dev, dtype=torch.float32)
+    r = torch.as_tensor(np.asarray(r_emb), device=dev, dtype=dtype)
+    k = min(top_k, len(refs))
+    keep = {name: [] for name in ("sim", "index", "transform", "pixel_sim", "embedding_sim",
+                                  "eye")}
+    for i, s_pix, which in similarity_blocks(queries, refs, kind, device, chunk, matching):
+        rows = slice(i, i + len(s_pix))
+        s_emb = (torch.as_tensor(np.asarray(q_emb[rows]), device=dev, dtype=dtype) @ r.T).float()
+        c_pix = torch.searchsorted(cal_p, s_pix.contiguous(), right=True)
+        c_emb = torch.searchsorted(cal_e, s_emb.contiguous(), right=True)
+        denom = n
+        if own is not None:  # leave the calibration image itself out of its own CDF
+            o = torch.as_tensor(np.asarray(own[rows]), device=dev)
+            own_p = torch.as_tensor(cal.pixel, device=dev, dtype=torch.float32)[o][:, None]
+            own_e = torch.as_tensor(cal.embedding, device=dev, dtype=torch.float32)[o][:, None]
+            c_pix = c_pix - (own_p <= s_pix).long()
+            c_emb = c_emb - (own_e <= s_emb).long()
+            denom = n - 1
+        hi, lo = torch.maximum(c_pix, c_emb), torch.minimum(c_pix, c_emb)
+        key = hi.double() * (n + 1) + lo.double()
+        top = key.topk(k, dim=1)
+        j = top.indices
+        keep["sim"].append((hi.gather(1, j).double() / denom).float().cpu())
+        keep["index"].append(j.cpu())
+        keep["transform"].append(which.gather(1, j).cpu())
+        keep["pixel_sim"].append(s_pix.gather(1, j).cpu())
+        keep["embedding_sim"].append(s_emb.gather(1, j).cpu())
+        cp, ce = c_pix.gather(1, j), c_emb.gather(1, j)
+        keep["eye"].append(torch.where(cp > ce, 0, torch.where(ce > cp, 1, 2)).cpu())
+    out = {name: (torch.cat(v).numpy() if v else np.zeros((0, k), np.float32 if name in (
+        "sim", "pixel_sim", "embedding_sim") else np.int64)) for name, v in keep.items()}
+    return out | {"transforms": matching.transforms(), "kind": "combined"}
+
+
+def twins_of_both_eyes(queries: np.ndarray, refs: np.ndarray, q_emb: np.ndarray,
+                       r_emb: np.ndarray, *, pixel_cosine: float, embedding: float,
+                       matching: Matching = PLAIN_PIXELS, device="cpu",
+                       chunk: int = 1024) -> np.ndarray:
+    """Which queries both eyes put at one reference: cosine of mean-centred pixels (at the best
+    transform of ``matching``) at least ``pixel_cosine`` *and* embedding cosine at least
+    ``embedding`` with the same reference image. Brightness and contrast do not enter either,
+    so this finds a patient's other frames that an RMS twin rule misses when their grey levels
+    differ; the pixel condition keeps anything that is not near-identical to a training image
+    out, however the embedding maps it."""
+    dev = torch.device(device)
+    r = torch.as_tensor(np.asarray(r_emb), device=dev, dtype=torch.float32)
+    out = np.zeros(len(queries), bool)
+    for i, s_pix, _ in similarity_blocks(queries, refs, "cosine", device, chunk, matching):
+        rows = slice(i, i + len(s_pix))
+        s_emb = torch.as_tensor(np.asarray(q_emb[rows]), device=dev, dtype=torch.float32) @ r.T
+        out[rows] = ((s_pix >= pixel_cosine) & (s_emb >= embedding)).any(1).cpu().numpy()
+    return out
+
+
+EYES = ("pixels", "embedding", "both")  # the ``eye`` codes of :func:`combined_nearest`
 
 
 def subset(nn_: dict, rows) -> dict:
