@@ -7,6 +7,8 @@ from diffmem.errors import ConfigError
 from diffmem.stages.config import (
     all_runs,
     check_config,
+    copies_settings,
+    copy_key,
     dataset_entry,
     dataset_images,
     dataset_names,
@@ -36,6 +38,29 @@ MODELS = {name: model_info(config, name) for name in config.get("models") or {}}
 GENERATED = {
     name: generated_info(config, name) for name in config.get("generated") or {}
 }
+# the copy embedding of every set of training images (the learned copy eye), by key: a trained
+# run's own, and one per distinct training images of the entries (entries that share them share
+# it); the key's training images and their near-duplicate groups
+COPIES = copies_settings(config)
+COPY_KEYS = {
+    **{f"results/{d}/n{n}/seed{s}": f"{d}-n{n}-seed{s}" for d, n, s in RUNS},
+    **{
+        f"results/models/{name}": copy_key(config, "models", name, info)
+        for name, info in MODELS.items()
+    },
+    **{
+        f"results/generated/{name}": copy_key(config, "generated", name, info)
+        for name, info in GENERATED.items()
+    },
+}
+COPY_OWNERS = {}
+for _folder, _key in COPY_KEYS.items():
+    _dups = (
+        f"results/{_folder.split('/')[1]}/near_duplicates.npz"
+        if _folder.count("/") == 3
+        else f"{_folder}/near_duplicates.npz"
+    )
+    COPY_OWNERS.setdefault(_key, (f"{_folder}/data/train.npz", _dups))
 # the known-truth study of the copy verdict, on one dataset's images
 STUDY = [config["study"]["dataset"]] if config.get("study") else []
 RUN_DIRS = [run_dir(r) for r in all_runs(config)]  # every run, trained or imported
@@ -67,6 +92,7 @@ wildcard_constraints:
     size=r"\d+",
     seed=r"\d+",
     scale=r"[0-9]+(\.[0-9]+)?",
+    key=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
 
 
 def expand_runs(pattern):
@@ -95,6 +121,23 @@ def all_run_outputs():
 
 def model_name(wildcards):
     return run_parts(wildcards.run)[1]
+
+
+def copy_embedding_of(folder):
+    """The copy embedding (weights, JSON) of a run or entry folder (``results/...``)."""
+    key = COPY_KEYS[folder]
+    return {
+        "embedding": f"results/copies/{key}/embedding.safetensors",
+        "embedding_json": f"results/copies/{key}/embedding.json",
+    }
+
+
+def run_copy_embedding(wildcards):
+    return copy_embedding_of(f"results/{wildcards.run}")
+
+
+def generated_copy_embedding(wildcards):
+    return copy_embedding_of(f"results/generated/{wildcards.name}")
 
 
 def duplicates_of(wildcards):

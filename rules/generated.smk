@@ -58,6 +58,7 @@ rule generated_duplicates:
 rule generated_scores:
     """Do these images copy training images? Beside the null, with the detectable rate."""
     input:
+        unpack(generated_copy_embedding),
         generated="results/generated/{name}/data/generated.npz",
         train="results/generated/{name}/data/train.npz",
         heldout="results/generated/{name}/data/heldout.npz",

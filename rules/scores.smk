@@ -4,6 +4,7 @@
 
 rule extraction_metrics:
     input:
+        unpack(run_copy_embedding),
         train="results/{run}/data/train.npz",
         heldout="results/{run}/data/heldout.npz",
         unused="results/{run}/data/unused_train.npz",

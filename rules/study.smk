@@ -27,6 +27,7 @@ rule known_truth_study:
         study=config.get("study") or {},
         scoring={**config["scoring"], "matching": config.get("matching") or {}},
         duplicates=config["duplicates"],
+        copies=COPIES,
         device=config.get("device", "auto"),
     script:
         "../workflow/scripts/known_truth_study.py"

@@ -19,5 +19,7 @@ with logged(sm.log[0]):
         out_hist_png=sm.output.hist,
         out_scale_png=sm.output.scales,
         out_nearest_csv=sm.output.nearest,
+        embedding=sm.input.embedding,
+        embedding_json=sm.input.embedding_json,
     )
     print(summary["tests"])

@@ -16,5 +16,7 @@ with logged(sm.log[0]):
         out_nearest_csv=sm.output.nearest,
         out_pairs_png=sm.output.pairs,
         out_hist_png=sm.output.hist,
+        embedding=sm.input.embedding,
+        embedding_json=sm.input.embedding_json,
     )
     print(summary["tests"])

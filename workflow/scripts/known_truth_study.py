@@ -14,6 +14,7 @@ with logged(sm.log[0]):
             study=sm.params.study,
             scoring=sm.params.scoring,
             duplicates=sm.params.duplicates,
+            copies=sm.params.copies,
             device=sm.params.device,
             out_runs=sm.output.runs,
             out_table_csv=sm.output.table,

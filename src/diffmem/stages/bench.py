@@ -42,10 +42,13 @@ from ..diffusion.process import NoiseProcess
 from ..diffusion.sampler import fast_runner, sample
 from ..diffusion.unet import build_unet, load_model
 from ..io import atomic_path, load_npz
-from .config import dataset_entry, dataset_names, train_sizes_for
+from ..metrics.scores import Scorer
+from .config import copies_settings, dataset_entry, dataset_names, train_sizes_for
+from .copies import train_copy_embedding_stage
 from .data import prepare_data_stage
 from .dpm import train_dpm_stage
 from .fingerprint import boundary_search_stage, train_fingerprint_classifiers_stage
+from .scores import CopyEye
 
 
 def _peak_reset(dev):
@@ -98,7 +101,8 @@ def _timed(dev, fn):
 
 def run(config: dict, *, data_root: str, train_steps: int, plain_steps: int, sample_n: int,
         classifier_steps: int = 200, boundary_t_step: int = 1, device: str = "auto",
-        progress: bool = False) -> list[dict]:
+        progress: bool = False, copies_steps: int = 600, copies_images: int = 10000
+        ) -> list[dict]:
     """Every stage row (see the module docstring) for ``config``'s first dataset and size."""
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
@@ -190,6 +194,9 @@ def run(config: dict, *, data_root: str, train_steps: int, plain_steps: int, sam
                               f"{classifier_steps} steps each", "batch": ccfg["batch_size"],
                      "wall_s": round(dt, 2), "peak_gib": peak})
 
+        rows += copy_eye_rows(config, f["train"], load_npz(f["heldout"])["images"], tmp, dev,
+                              copies_steps, copies_images)
+
         variants = [("exhaustive", True), ("bisection", True)]
         if cuda:  # the plain loop beside the graphed one
             variants.insert(1, ("exhaustive", False))
@@ -214,6 +221,45 @@ def run(config: dict, *, data_root: str, train_steps: int, plain_steps: int, sam
                                      ", CUDA graphs" if cuda else ""),
                          "batch": bc.get("batch_size"), "wall_s": round(dt, 2),
                          "evaluations": res["evaluations"], "peak_gib": peak})
+    return rows
+
+
+def copy_eye_rows(config: dict, train_npz: str, heldout: np.ndarray, tmp: Path, dev,
+                  steps: int, n_images: int) -> list[dict]:
+    """The copy eye: its training on the run's training images (``steps``), and scoring
+    ``n_images`` generated images against ``n_images`` training images by both eyes (the
+    nearest training images of every image under every similarity, the null's calibration
+    first). The large sets are the held-out images drawn again with a pixel of noise (the time
+    depends on the sizes, not on what the images show)."""
+    cfg = dict(copies_settings(config), steps=steps)
+    w, j = str(tmp / "eye.safetensors"), str(tmp / "eye.json")
+    _, dt, peak = _timed(dev, lambda: train_copy_embedding_stage(
+        train_npz=train_npz, duplicates_npz=None, cfg=cfg, seed=0, device=str(dev),
+        out_weights=w, out_json=j))
+    batch = min(int(cfg["batch_size"]), len(load_npz(train_npz)["images"]))
+    rows = [{"stage": f"copy embedding: {cfg['encoder']}, {steps} steps",
+             "batch": batch, "images_per_s": round(2 * batch * steps / dt, 1),
+             "wall_s": round(dt, 2), "peak_gib": peak}]
+    eye = CopyEye.load(w, j, dev)
+    rng = np.random.default_rng(0)
+
+    def draw(n):
+        pick = heldout[rng.integers(0, len(heldout), n)].astype(np.int16)
+        return np.clip(pick + rng.integers(-1, 2, pick.shape), 0, 255).astype(np.uint8)
+
+    train, gen, cal = draw(n_images), draw(n_images), draw(200)
+    scoring = dict(config["scoring"], matching=config.get("matching") or {})
+
+    def score():
+        scorer = Scorer(train, np.arange(len(train)), scoring, dev, embed=eye.embed)
+        scorer.calibrate(cal, scorer.nn(cal))
+        return scorer.nn(gen)
+
+    _, dt, peak = _timed(dev, score)
+    rows.append({"stage": f"copy scoring: {n_images} generated vs {n_images} training images, "
+                          f"every similarity and both eyes",
+                 "images_per_s": round(n_images / dt, 1), "wall_s": round(dt, 2),
+                 "peak_gib": peak})
     return rows
 
 
@@ -299,7 +345,8 @@ def write(rows: list[dict], env: dict, out_json: str | None, out_md: str | None)
 
 
 BENCH_DEFAULTS = {"train_steps": 300, "plain_steps": 100, "samples": 10000,
-                  "classifier_steps": 200, "boundary_t_step": 1}
+                  "classifier_steps": 200, "boundary_t_step": 1, "copies_steps": 600,
+                  "copies_images": 10000}
 
 
 def bench_stage(*, config: dict, data_root: str, out_json: str | None = None,
@@ -312,7 +359,8 @@ def bench_stage(*, config: dict, data_root: str, out_json: str | None = None,
     rows = run(config, data_root=data_root, train_steps=b["train_steps"],
                plain_steps=b["plain_steps"], sample_n=b["samples"],
                classifier_steps=b["classifier_steps"], boundary_t_step=b["boundary_t_step"],
-               device=str(dev), progress=progress)
+               device=str(dev), progress=progress, copies_steps=b["copies_steps"],
+               copies_images=b["copies_images"])
     if e2e_config:
         rows.append(end_to_end(e2e_config, data_root))
     return write(rows, environment(dev), out_json, out_md)

@@ -139,6 +139,11 @@ def dataset_images(config: dict, name: str) -> dict | None:
 
 def _cross_checks(config: dict) -> None:
 
+    augment = (config.get("copies") or {}).get("augment") or {}
+    for key in ("zoom", "downup"):
+        if key in augment and augment[key][0] > augment[key][1]:
+            raise ConfigError(f"config error at copies.augment.{key}: {augment[key]}; expected "
+                              f"[low, high] with low <= high")
     names = dataset_names(config)
     if not names and not any(config.get(k) for k in ("models", "generated", "study")):
         raise ConfigError("config error at datasets: no dataset, model, generated set or study; "
@@ -274,10 +279,38 @@ def _cross_checks(config: dict) -> None:
                               f"beta_schedule")
 
 
-RESERVED = ("models", "fingerprint", "generated", "study")
+RESERVED = ("models", "fingerprint", "generated", "study", "copies")
+# the copy embedding (config ``copies``; README, "The learned copy eye"): the settings the
+# known-truth study measured on BreastMNIST
+COPIES_DEFAULTS = {"encoder": "small", "width": 16, "dim": 128, "steps": 600, "batch_size": 128,
+                   "learning_rate": 0.003, "weight_decay": 0.0001, "temperature": 0.07,
+                   "twin_quantile": 0.5, "twin_pixel_cosine": 0.95, "check_images": 64,
+                   "seed": 7, "augment": {}}
+
+
+def copies_settings(config: dict) -> dict:
+    """The ``copies`` section over its defaults (``augment`` over the augmentation's own)."""
+    cfg = COPIES_DEFAULTS | dict(config.get("copies") or {})
+    return cfg | {"augment": dict(cfg.get("augment") or {})}
+
+
+def copy_key(config: dict, kind: str, name: str, info: dict) -> str:
+    """The key of a ``models``/``generated`` entry's copy embedding: a digest of its training
+    images (every file's path, size and modification time) and of how they are read, so
+    entries that share their training images share one embedding."""
+    import hashlib
+    import json
+
+    entry = config[kind][name]
+    blob = json.dumps([info["images_digest"]["train"], info["size"], info["channels"],
+                       bool(entry.get("resize", True))], sort_keys=True)
+    return "images-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
 # the known-truth study's settings when the config's study section leaves them out
-STUDY_DEFAULTS = {"n_train": 200, "seeds": 20, "generated": 126, "shifts": [1, 2],
-                  "mixture_rates": [0.05, 0.1, 0.2, 0.3, 0.5], "noise_std": 2.0, "seed": 0}
+STUDY_DEFAULTS = {"n_train": 200, "seeds": 20, "generated": 126, "shifts": [1, 2, 3, 4],
+                  "mixture_rates": [0.05, 0.1, 0.2, 0.3, 0.5], "rotated_mixture_rates": [0.1, 0.2],
+                  "noise_std": 2.0, "seed": 0}
 
 
 def dataset_names(config: dict) -> list[str]:

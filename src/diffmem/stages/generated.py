@@ -19,7 +19,7 @@ from ..io import load_npz, save_json, save_npz
 from ..metrics.scores import score_generated
 from .data import write_near_duplicates
 from .models import import_images_stage
-from .scores import load_with_null, pairs_figure, write_scores
+from .scores import CopyEye, load_with_null, pairs_figure, write_scores
 
 
 def import_generated_stage(*, images: str, train: str, heldout: str | None, size: int,
@@ -50,16 +50,20 @@ def generated_duplicates_stage(*, name: str, train_npz: str, heldout_npz: str, c
 def generated_scores_stage(*, generated_npz: str, train_npz: str, heldout_npz: str,
                            unused_npz: str, duplicates_npz: str, cfg: dict, device: str,
                            out_csv: str, out_json: str, out_nearest_csv: str, out_pairs_png: str,
-                           out_hist_png: str) -> dict:
+                           out_hist_png: str, embedding: str | None = None,
+                           embedding_json: str | None = None) -> dict:
     """Do these images copy training images? Scored beside the null exactly as a model's plain
-    samples are (the same matching, bands, tests and detectable rate)."""
+    samples are (the same matching, copy eye, bands, tests and detectable rate)."""
+    dev = resolve_device(device)
+    eye = CopyEye.load(embedding, embedding_json, dev) if embedding else None
     tr, heldout, pool, groups = load_with_null(train_npz, heldout_npz, unused_npz,
-                                               duplicates_npz, cfg)
+                                               duplicates_npz, cfg, eye)
     generated = load_npz(generated_npz)["images"]
     res = score_generated(train=tr["images"], groups=groups, generated=generated, pool=pool,
-                          cfg=cfg, device=resolve_device(device), heldout=heldout)
+                          cfg=cfg, device=dev, heldout=heldout,
+                          embed=eye.embed if eye else None)
     summary = write_scores(res, tr, pool, out_csv=out_csv, out_nearest_csv=out_nearest_csv,
-                           out_hist_png=out_hist_png)
+                           out_hist_png=out_hist_png, eye=eye, cfg=cfg)
     summary["not_asked"] = ("membership inference, the walk-back and SIDE need the generator's "
                             "model; only its images were given")
     save_json(out_json, summary)

@@ -213,8 +213,55 @@ def _power_words(t: dict) -> str:
                "no excess with 80 % power")
             + (f", so it cannot say no to one of {t['margin']:g}" if rate is None or
                rate > t["margin"] else "") + ".")
+    eyes = t.get("unlike_p_values")
+    unlike = (f"one-sided Mann–Whitney p = {t['unlike_p_value']:.3g}" if not eyes else
+              f"the smaller of each eye's one-sided Mann–Whitney p, doubled: "
+              f"{t['unlike_p_value']:.3g} (" + ", ".join(f"{k} {v:.3g}" for k, v in eyes.items())
+              + ")")
+    recall = (f" The copy eye's own check: its smallest recall over the transform families is "
+              f"{t['smallest_recall']:.2f} ({t['smallest_recall_family']})"
+              + (f", over the families it never trained with {t['smallest_recall_untrained']:.2f}"
+                 f" ({t['smallest_recall_untrained_family']})"
+                 if "smallest_recall_untrained" in t else "")
+              + "; copies changed like that are found at about that rate, so a \"no\" covers "
+                "them only that far." if "smallest_recall" in t else "")
     return seen + (f" Generated images less similar to the training images than unseen images: "
-                   f"one-sided Mann–Whitney p = {t['unlike_p_value']:.3g}.")
+                   f"{unlike}.") + recall
+
+
+def copy_eye_lines(m: dict) -> list[str]:
+    """What the learned copy eye is, which unseen images it left out, and its retrieval check."""
+    eye = m.get("copy_eye")
+    if not eye:
+        return []
+    null = m["null"]
+    twins = null.get("heldout_eye_twins_excluded", 0) + null.get(
+        "unused_train_eye_twins_excluded", 0)
+    lines = ["### The learned copy eye", "",
+             f"An embedding ({eye['encoder']} encoder, NT-Xent, {eye['steps']} steps, final loss "
+             f"{eye['final_loss']:.2f}) trained on the {eye['train_images']} training images "
+             f"only: {eye['trained_on']}. The verdict's copy score takes, per pair of a "
+             f"generated and a training image, the more unusual of the two eyes (each read as "
+             f"the share of unseen calibration images it puts farther from the training set), "
+             f"so copies the model rotated, zoomed, moved, cropped or smoothed count as copies. "
+             f"Its twin threshold (embedding cosine {eye['twin_threshold']:.3f}, the "
+             f"{eye['twin_quantile']:g} quantile of the training images' own views) with a pixel "
+             f"cosine of at least {eye['twin_pixel_cosine']:g} left {twins} further "
+             f"unseen images out of the null as another frame of a training patient.", ""]
+    if not eye.get("checked"):
+        return lines + [eye.get("note", ""), ""]
+    lines += [f"Its own check: {eye['images_per_family']} training images per transform family, "
+              f"changed that way and scored like generated images; recall is the share that "
+              f"lands in the high band (where unseen images land at the null's false-positive "
+              f"rate).", "", "| family | trained with it | recall: both eyes | embedding alone "
+              "| pixel match alone |", "|---|---|---|---|---|"]
+    pixel = next(k for k in eye["families"][0] if k.startswith("recall_") and k not in (
+        "recall_combined", "recall_embedding"))
+    for r in eye["families"]:
+        lines.append(f"| {r['family']} | {'yes' if r['trained'] else '**no**'} | "
+                     f"{r['recall_combined']:.2f} | {r.get('recall_embedding', float('nan')):.2f} "
+                     f"| {r[pixel]:.2f} |")
+    return lines + [""]
 
 
 def scores_lines(m: dict) -> list[str]:
@@ -234,11 +281,15 @@ def scores_lines(m: dict) -> list[str]:
                  "not tested against what unseen images score; the bands are a reference from "
                  "the training images themselves, not a null.")
     else:
+        eye_h, eye_u = (null.get("heldout_eye_twins_excluded", 0),
+                        null.get("unused_train_eye_twins_excluded", 0))
         about = (f"The null: {null['score']} unseen real images scored (another "
                  f"{null['calibrate']} set the bands) out of {null['heldout']} held-out images "
                  f"({null['heldout_twins_excluded']} left out as near-duplicates of training "
-                 f"images) and {null['unused_train']} unused training-split images "
-                 f"({null['unused_train_twins_excluded']} left out).")
+                 f"images" + (f", {eye_h} as the copy eye's twins" if eye_h else "") + ") and "
+                 f"{null['unused_train']} unused training-split images "
+                 f"({null['unused_train_twins_excluded']} left out"
+                 + (f", {eye_u} as the copy eye's twins" if eye_u else "") + ").")
     head = ["method", "scale", "images", "AMS low", "AMS mid", "AMS high",
             f"UMS low @{m['equal_size']}", f"UMS mid @{m['equal_size']}",
             f"UMS high @{m['equal_size']}", "Carlini rate", f"Carlini distinct @{m['equal_size']}",
@@ -249,7 +300,7 @@ def scores_lines(m: dict) -> list[str]:
              + (" and the left-right mirror" if match.get("mirror") else "")
              if match else "pixel to pixel")
     pixel = m["bands"].get("pixel", {}).get("edges")
-    lines = [f"### Memorization scores {title} ({kind} similarity)", "",
+    lines = [*copy_eye_lines(m), f"### Memorization scores {title} ({kind} similarity)", "",
              f"Each image is matched to a training image at {moves}; the rows marked *plain "
              f"pixels* match pixel to pixel (cosine" + (f", high band ≥ {pixel[2]:.3f}"
                                                         if pixel else "") + "). "

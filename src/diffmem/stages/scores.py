@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..attacks.copies import embed, eye_twins, load_embedding, retrieval_check, weakest
 from ..device import resolve_device
 from ..io import load_npz, save_csv, save_figure, save_json
 from ..metrics.memorization import BAND_NAMES
 from ..metrics.null import run_null_pool
-from ..metrics.scores import NULL, PLAIN, SIDE, per_image, score_run
+from ..metrics.scores import COMBINED, NULL, PLAIN, SIDE, per_image, score_run
 from ..metrics.similarity import Matching
 from ..plotting import plt
 
@@ -18,19 +19,23 @@ def extraction_metrics_stage(*, train_npz: str, plain_npz: str, side_npzs: list[
                              scales: list[float], heldout_npz: str, unused_npz: str,
                              duplicates_npz: str | None, cfg: dict, device: str, out_csv: str,
                              out_json: str, out_pairs_png: str, out_hist_png: str,
-                             out_scale_png: str, out_nearest_csv: str) -> dict:
+                             out_scale_png: str, out_nearest_csv: str,
+                             embedding: str | None = None,
+                             embedding_json: str | None = None) -> dict:
     dev = resolve_device(device)
+    eye = CopyEye.load(embedding, embedding_json, dev) if embedding else None
     tr, heldout, pool, groups = load_with_null(train_npz, heldout_npz, unused_npz,
-                                               duplicates_npz, cfg)
+                                               duplicates_npz, cfg, eye)
     side_sets = {}
     for s, p in zip(scales, side_npzs, strict=True):
         d = load_npz(p)
         side_sets[float(s)] = (d["images"], d["labels"])
     plain = load_npz(plain_npz)["images"]
     res = score_run(train=tr["images"], groups=groups, plain=plain,
-                    side_sets=side_sets, pool=pool, heldout=heldout, cfg=cfg, device=dev)
+                    side_sets=side_sets, pool=pool, heldout=heldout, cfg=cfg, device=dev,
+                    embed=eye.embed if eye else None)
     summary = write_scores(res, tr, pool, out_csv=out_csv, out_nearest_csv=out_nearest_csv,
-                           out_hist_png=out_hist_png)
+                           out_hist_png=out_hist_png, eye=eye, cfg=cfg)
     summary |= {"best_scale": res["best_scale"],
                 "best_scale_selection_ums_high": {f"{k:g}": v
                                                   for k, v in res["selection"].items()},
@@ -49,23 +54,52 @@ def extraction_metrics_stage(*, train_npz: str, plain_npz: str, side_npzs: list[
     return summary
 
 
+class CopyEye:
+    """A run's copy embedding (:mod:`diffmem.attacks.copies`), loaded strictly from its
+    safetensors, with its JSON (the twin threshold among it)."""
+
+    def __init__(self, net, meta: dict, device):
+        self.net, self.meta, self.device = net, meta, device
+
+    @classmethod
+    def load(cls, weights: str, meta_json: str, device) -> CopyEye:
+        net, meta = load_embedding(weights, meta_json, device)
+        return cls(net, meta, device)
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        return embed(self.net, images, self.device)
+
+    def twins_of(self, train: np.ndarray, matching):
+        """images → which both eyes put at one training image (the eye within its twin
+        threshold, the pixel match at ``copies.twin_pixel_cosine``)."""
+        train_emb = self.embed(train)
+        cfg = self.meta["config"]
+        return lambda images: eye_twins(
+            train, train_emb, images, self.embed(images), threshold=self.meta["twin_threshold"],
+            pixel_cosine=float(cfg.get("twin_pixel_cosine", 0.95)), matching=matching,
+            device=self.device)
+
+
 def load_with_null(train_npz: str, heldout_npz: str, unused_npz: str,
-                   duplicates_npz: str | None, cfg: dict) -> tuple:
+                   duplicates_npz: str | None, cfg: dict, eye: CopyEye | None = None) -> tuple:
     """A run's training and held-out files with its null: (train, held-out images, pool,
-    training groups)."""
+    training groups). With the copy ``eye`` its twins of training images are left out of the
+    null too (:func:`diffmem.attacks.copies.twin_threshold`)."""
     tr = load_npz(train_npz)
     heldout = load_npz(heldout_npz)["images"]
     pool, groups = run_null_pool(
         train_indices=tr["indices"], heldout=heldout, unused=load_npz(unused_npz),
-        duplicates=load_npz(duplicates_npz) if duplicates_npz else None, cfg=cfg)
+        duplicates=load_npz(duplicates_npz) if duplicates_npz else None, cfg=cfg,
+        eye_twin=eye.twins_of(tr["images"], Matching.from_config(
+            cfg.get("matching"), tr["images"].shape[1])) if eye else None)
     return tr, heldout, pool, groups
 
 
 def write_scores(res: dict, tr: dict, pool: dict, *, out_csv: str, out_nearest_csv: str,
-                 out_hist_png: str) -> dict:
+                 out_hist_png: str, eye: CopyEye | None = None, cfg: dict | None = None) -> dict:
     """The files every scored run writes (the table, the per-image CSV, the similarity
-    histogram beside the null) and its summary (the bands, the null's composition, the tests),
-    which the caller completes and saves."""
+    histogram beside the null) and its summary (the bands, the null's composition, the tests,
+    the copy eye and its retrieval check), which the caller completes and saves."""
     table = res["table"]
     save_csv(out_csv, table)
     names = [str(n) for n in tr["names"]] if "names" in tr else None
@@ -78,10 +112,36 @@ def write_scores(res: dict, tr: dict, pool: dict, *, out_csv: str, out_nearest_c
         "rows": table.replace({np.nan: None}).to_dict(orient="records"),
         "tests": res["tests"], "secondary": res["secondary"],
     }
+    if eye is not None:
+        summary["copy_eye"] = copy_eye_summary(res, eye, tr["images"], cfg or {})
     primary = res["primary_similarity"]
     _hist_figure(res["nns"], res["bands"][primary]["edges"], primary, out_hist_png,
                  res["label"])
     return summary
+
+
+def copy_eye_summary(res: dict, eye: CopyEye, train: np.ndarray, cfg: dict) -> dict:
+    """What the copy eye is and what it can see on this run: its training, its twin threshold,
+    and (with unseen images to set the bands) the retrieval check per transform family, whose
+    smallest recall the copy test then cites beside its detectable rate."""
+    meta = eye.meta
+    out = {"encoder": meta["config"].get("encoder"), "train_images": meta["train_images"],
+           "steps": meta["training"]["steps"], "final_loss": meta["training"]["final_loss"],
+           "twin_threshold": meta["twin_threshold"], "twin_quantile": meta["twin_quantile"],
+           "twin_pixel_cosine": float(meta["config"].get("twin_pixel_cosine", 0.95)),
+           "trained_on": meta["trained_on"], "checked": False}
+    scorer = res["scorer"]
+    if COMBINED not in scorer.kinds:
+        out["note"] = ("no unseen images: the embedding is reported without bands and the two "
+                       "eyes are not combined")
+        return out
+    per_family = int(meta["config"].get("check_images", 64))
+    rows = retrieval_check(scorer, train, per_family=per_family,
+                           seed=int(cfg.get("seed", 4)))
+    out |= {"checked": True, "families": rows, "images_per_family": per_family,
+            **weakest(rows)}
+    res["tests"]["plain_copies"] |= weakest(rows)
+    return out
 
 
 def pairs_figure(images, train, nn_, path, title, top: int = 12):

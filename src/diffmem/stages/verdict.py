@@ -11,7 +11,8 @@ from ..metrics.stats import NO_NULL, UNLIKE, decide
 NO_NULL_TEXT = ("inconclusive (no null): there were no unseen images to compare with, so the "
                 "score is reported and nothing is tested.")
 UNLIKE_TEXT = (f"{UNLIKE}: the generated images are less like the training images than unseen "
-               f"images are (one-sided Mann–Whitney on nearest-training similarity), so the copy "
+               f"images are (one-sided Mann–Whitney on nearest-training similarity, either eye "
+               f"at α/2), so the copy "
                f"question cannot be answered no: the model makes noise or another kind of "
                f"image, and its copies, if any, hide among them.")
 
@@ -68,21 +69,31 @@ def verdict_rows(runs: list, metrics: list[str], membership: list[str], alpha: f
     for run, mp, bp, wp in zip(runs, metrics, membership, boundaries, strict=True):
         dataset, n, seed = (f"models/{run}", None, None) if isinstance(run, str) else run
         tests = dict(load_json(mp)["tests"])
+        pixel = tests.get("plain_copies_pixel")
         tests["membership"] = load_json(bp)
         if wp and "t50_control" in load_json(wp):
             tests["walks_back"] = walk_back_test(load_json(wp))
         for key in ANSWER_ORDER:
             if key not in tests:
                 continue
-            rows.append(_row(run_label(run), dataset, n, seed, tests[key], alpha))
+            rows.append(_row(run_label(run), dataset, n, seed, tests[key], alpha,
+                             pixel if key == "plain_copies" else None))
     for name, path in (generated or {}).items():
-        t = load_json(path)["tests"]["plain_copies"]
-        rows.append(_row(f"generated {name}", f"generated/{name}", None, None, t, alpha))
+        tests = load_json(path)["tests"]
+        rows.append(_row(f"generated {name}", f"generated/{name}", None, None,
+                         tests["plain_copies"], alpha, tests.get("plain_copies_pixel")))
     return rows
 
 
-def _row(label: str, dataset: str, n, seed, t: dict, alpha: float) -> dict:
+def _row(label: str, dataset: str, n, seed, t: dict, alpha: float,
+         pixel: dict | None = None) -> dict:
+    """One verdict row; a copy row also carries the pixel match's answer alone (``pixel``) and
+    the copy eye's smallest recall in its own check."""
     return {"run": label, "dataset": dataset, "N": None if n is None else int(n),
+            "pixel_only_answer": None if pixel is None else decide(
+                pixel, alpha=alpha, margin=pixel["margin"], null_effect=pixel["null_effect"]),
+            "smallest_recall": t.get("smallest_recall"),
+            "smallest_recall_family": t.get("smallest_recall_family"),
             "seed": None if seed is None else int(seed), "question": t["question"],
             "answer": t.get("answer") or decide(t, alpha=alpha, margin=t["margin"],
                                                 null_effect=t["null_effect"]),
@@ -107,21 +118,30 @@ def verdict_stage(*, runs: list, metrics: list[str], membership: list[str], alph
     df = pd.DataFrame(rows)
     save_csv(out_csv, df)
     lines = ["| run | question | answer | primary statistic | value (null) | effect [95 % CI] "
-             "| p | margin | detectable |", "|---|---|---|---|---|---|---|---|---|"]
+             "| p | margin | detectable | pixel match alone |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         detect = (_num(r["detectable"], "not at any rate") if r["question"] in COPY_QUESTIONS
                   and r["p_value"] is not None else "–")
+        if detect != "–" and r.get("smallest_recall") is not None:
+            # the eye's weakest family: what a "no" covers only that far
+            detect += (f"; the eye's smallest recall {r['smallest_recall']:.2f} "
+                       f"({r['smallest_recall_family']})")
         lines.append(f"| {r['run']} | {r['question']} | "
                      f"**{r['answer']}** | {r['primary statistic']} | {_num(r['value'])} "
                      f"({_num(r['null'], 'no null')}) | {_num(r['effect'])} "
                      f"[{_num(r['ci_low'])}, {_num(r['ci_high'])}] | "
-                     f"{_num(r['p_value'], fmt='.3g')} | {r['margin']:g} | {detect} |")
+                     f"{_num(r['p_value'], fmt='.3g')} | {r['margin']:g} | {detect} | "
+                     f"{r.get('pixel_only_answer') or '–'} |")
     lines += ["", f"yes: the primary test is significant at α = {alpha:g} and its 95 % "
                   f"interval excludes no effect; no: the interval excludes an effect larger "
                   f"than the margin and, for the copy question, the test could have seen one "
                   f"(detectable: the excess share in the high band its yes-rule finds with 80 % "
-                  f"power at these sizes is at most the margin); otherwise inconclusive (too "
-                  f"few images to tell). The walk-back row: yes when the target's whole t50 "
+                  f"power at these sizes is at most the margin, beside the copy eye's smallest "
+                  f"recall over the transform families of its own check); otherwise inconclusive "
+                  f"(too few images to tell). Pixel match alone: the copy question answered "
+                  f"by the pixel match without the learned copy eye, against the same null. "
+                  f"The walk-back row: yes when the target's whole t50 "
                   f"interval lies above every control's t50, no when its t50 is within the "
                   f"controls' range."
               + (f" {UNLIKE_TEXT}" if any(r["answer"] == UNLIKE for r in rows) else "")
