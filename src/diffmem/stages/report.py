@@ -300,7 +300,8 @@ def scores_lines(m: dict) -> list[str]:
              + (" and the left-right mirror" if match.get("mirror") else "")
              if match else "pixel to pixel")
     pixel = m["bands"].get("pixel", {}).get("edges")
-    lines = [*copy_eye_lines(m), f"### Memorization scores {title} ({kind} similarity)", "",
+    named = "both eyes" if kind == "combined" else f"{kind} similarity"
+    lines = [*copy_eye_lines(m), f"### Memorization scores {title} ({named})", "",
              f"Each image is matched to a training image at {moves}; the rows marked *plain "
              f"pixels* match pixel to pixel (cosine" + (f", high band ≥ {pixel[2]:.3f}"
                                                         if pixel else "") + "). "

@@ -132,6 +132,15 @@ def known_truth_study_stage(*, dataset: str, entry: dict | None, image_size: int
         idx = np.sort(rng.choice(len(train_all), int(cfg["n_train"]), replace=False))
         unused = np.setdiff1d(np.arange(len(train_all)), idx)
         train = train_all[idx]
+        need = 4 * int(scoring.get("min_tail", 5))  # both null halves set the bands
+        # refused before any eye is trained when even the pixel twins leave too few unseen
+        # images (the eye's twins can only leave fewer)
+        pixel_pool, _ = run_null_pool(
+            train_indices=idx, heldout=heldout,
+            unused={"images": train_all[unused], "indices": unused}, duplicates=dups,
+            cfg={"null_max_images": 10**9, "seed": 0})
+        if len(pixel_pool["images"]) < int(cfg["generated"]) + need:
+            _refuse_small(cfg, dataset, s, pixel_pool, need)
         # the copy eye of this seed's training images, trained on them alone
         eye_seed = int(eye_cfg["seed"]) + 1000 * s
         net, _ = train_embedding(train, groups["train_group"][idx], eye_cfg, seed=eye_seed,
@@ -146,14 +155,7 @@ def known_truth_study_stage(*, dataset: str, entry: dict | None, image_size: int
             eye_twin=lambda x, e=embed, te=train_emb, t=twins["twin_threshold"], tr=train:
             eye_twins(tr, te, x, e(x), threshold=t, matching=match, device=dev,
                       pixel_cosine=float(eye_cfg["twin_pixel_cosine"])))
-        unseen, rest = split_unseen(pool, int(cfg["generated"]), rng)
-        need = 4 * int(scoring.get("min_tail", 5))  # both null halves set the bands
-        if len(unseen) < int(cfg["generated"]) or len(rest["images"]) < need:
-            raise ConfigError(
-                f"config error at study.generated: {cfg['generated']} unseen stand-in images "
-                f"of {dataset} (seed {s}: {len(unseen)} drawn) leave {len(rest['images'])} of "
-                f"its {len(pool['images'])} unseen images for the null; expected at least "
-                f"{need} there (4 x scoring.min_tail); lower study.generated or study.n_train")
+        unseen, rest = _refuse_small(cfg, dataset, s, pool, need, rng)
         null = null_pool(heldout=rest["images"], heldout_groups=rest["groups"],
                          unused=rest["images"][:0], unused_groups=rest["groups"][:0],
                          train_groups=train_groups,
@@ -208,6 +210,21 @@ def known_truth_study_stage(*, dataset: str, entry: dict | None, image_size: int
                          "matching": {"shift": match.shift, "mirror": match.mirror},
                          "rows": table.to_dict(orient="records")})
     return table
+
+
+def _refuse_small(cfg: dict, dataset: str, seed: int, pool: dict, need: int,
+                  rng: np.random.Generator | None = None) -> tuple[np.ndarray, dict]:
+    """The unseen stand-in and the rest (:func:`split_unseen`), or one line when the stand-in
+    leaves fewer than ``need`` unseen images for the null."""
+    unseen, rest = split_unseen(pool, int(cfg["generated"]),
+                                rng if rng is not None else np.random.default_rng(0))
+    if len(unseen) < int(cfg["generated"]) or len(rest["images"]) < need:
+        raise ConfigError(
+            f"config error at study.generated: {cfg['generated']} unseen stand-in images "
+            f"of {dataset} (seed {seed}: {len(unseen)} drawn) leave {len(rest['images'])} of "
+            f"its {len(pool['images'])} unseen images for the null; expected at least "
+            f"{need} there (4 x scoring.min_tail); lower study.generated or study.n_train")
+    return unseen, rest
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
