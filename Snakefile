@@ -16,6 +16,7 @@ include: "rules/generated.smk"
 include: "rules/study.smk"
 include: "rules/membership.smk"
 include: "rules/verdict.smk"
+include: "rules/trend.smk"
 include: "rules/report.smk"
 include: "rules/bench.smk"
 

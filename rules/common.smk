@@ -75,6 +75,12 @@ FINGERPRINT_TABLES = (
     if RUNS
     else []
 )
+# every question against N, when the config trains more than one size of a dataset
+TREND = (
+    ["results/trend/trend.md", "results/trend/trend.png"]
+    if any(len({n for d2, n, _ in RUNS if d2 == d}) > 1 for d, _, _ in RUNS)
+    else []
+)
 # guidance scales as path wildcards ("1", "3", "2.5"): one side_extract job per scale
 SIDE_SCALES = [f"{float(s):g}" for s in config["side"]["scales"]]
 # Rule scripts import the diffmem library from src/: put it on PYTHONPATH for every job, so

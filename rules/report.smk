@@ -48,6 +48,7 @@ rule report:
         ],
         studies=expand("results/study/{dataset}/table.md", dataset=STUDY),
         verdict="results/verdict.md",
+        trend=TREND,
     output:
         markdown="results/report.md",
     log:

@@ -272,6 +272,45 @@ def test_no_needs_the_power_to_have_seen_the_margin():
     assert decide(quiet | {"detectable_rate": None}, alpha=0.05, margin=0.05) == "inconclusive"
 
 
+def test_the_size_that_would_decide_an_inconclusive_test_by_hand():
+    """Half-width 0.2 around an excess of 0.1 (margin 0.05): a yes needs the interval's lower
+    end above 0, i.e. half-width 0.1, so (0.2 / 0.1)² = 4 times the sizes; an estimate of 0
+    needs a no (upper end below 0.05): (0.1 / 0.05)² = 4 times; an estimate of 0.025, as far from
+    both boundaries, needs (0.1 / 0.025)² = 16 times, on the no side; one on a boundary (the
+    yes side's 0 with margin 0) has no size that decides it."""
+    from diffmem.metrics.stats import size_to_decide
+
+    base = {"margin": 0.05, "null_effect": 0.0, "n": 100, "null_n": 50, "p_value": 0.2}
+    s = size_to_decide(base | {"effect": 0.1, "ci_low": -0.1, "ci_high": 0.3})
+    assert (s["direction"], s["factor"], s["n"], s["null_n"]) == ("yes", 4.0, 400, 200)
+    s = size_to_decide(base | {"effect": 0.0, "ci_low": -0.1, "ci_high": 0.1})
+    assert (s["direction"], s["factor"]) == ("no", 4.0)
+    s = size_to_decide(base | {"effect": 0.025, "ci_low": -0.075, "ci_high": 0.125})
+    assert s["direction"] == "no" and s["factor"] == pytest.approx(16.0)
+    # membership's AUC: null effect 0.5, so 0.56 [0.48, 0.64] needs (0.08 / 0.06)² on the yes side
+    s = size_to_decide(base | {"null_effect": 0.5, "effect": 0.56, "ci_low": 0.48,
+                               "ci_high": 0.64})
+    assert s["direction"] == "yes" and s["factor"] == pytest.approx((0.08 / 0.06) ** 2)
+    s = size_to_decide(base | {"margin": 0.0, "effect": 0.0, "ci_low": -0.1, "ci_high": 0.1})
+    assert s["direction"] is None and "boundary" in s["why"]
+
+
+def test_a_copy_no_also_needs_the_sizes_at_which_the_margin_is_detectable():
+    """The interval alone would decide this copy test at 1× (factor 1), but 40 generated against
+    30 unseen images cannot see a 0.05 excess: the sizes grow until the exact detectable rate
+    reaches the margin, and not much further (a step of 1.25× less would not)."""
+    from diffmem.metrics.stats import size_to_decide
+
+    t = {"margin": 0.05, "null_effect": 0.0, "n": 40, "null_n": 30, "effect": -0.01,
+         "ci_low": -0.03, "ci_high": 0.01, "detectable_rate": detectable_rate(40, 30, 0.05),
+         "null_rate_calibration": 0.05}
+    s = size_to_decide(t)
+    assert s["direction"] == "no" and s["factor"] > 10
+    assert detectable_rate(s["n"], s["null_n"], 0.05) <= 0.05
+    f = s["factor"] / 1.25
+    assert detectable_rate(int(np.ceil(40 * f)), int(np.ceil(30 * f)), 0.05) > 0.05
+
+
 @pytest.mark.parametrize("n1,n2,p0", [(60, 80, 0.05), (200, 40, 0.1)])
 def test_the_detectable_rate_matches_a_simulation_of_the_yes_rule(n1, n2, p0):
     """At the detectable rate δ the verdict's yes-rule (Fisher p < α and Newcombe's lower bound

@@ -521,6 +521,64 @@ def test_quick_config_plans_the_whole_audit(tmp_path):
     assert jobs["side_extract"] == len(cfg["side"]["scales"])
 
 
+def test_trend_config_plans_every_size_and_the_trend(tmp_path):
+    """A dry run of workflow/configs/trend.yaml (the README's Results): four sizes of
+    BreastMNIST (all 546 as the last) and two seeds, every question's jobs per run, the walk-back
+    with 19 controls, the same training steps at every N, and one trend table over them; the
+    quick config (one size) plans no trend."""
+    wf = workflow_copy(tmp_path)
+    cfg = yaml.safe_load((wf / "workflow/configs/trend.yaml").read_text())
+    assert cfg["train_sizes"] == [16, 64, 256, "all"] and cfg["seeds"] == [0, 1]
+    assert cfg["boundary"]["controls"] == 19 and isinstance(cfg["train"]["steps"], int)
+    out = snakemake(wf, "-n", config=wf / "workflow/configs/trend.yaml")
+    jobs = scheduled(out)
+    for rule in ("prepare_data", "train_dpm", "sample", "boundary_search", "extraction_metrics",
+                 "membership", "detect_reproductions", "detector_check", "train_copy_embedding"):
+        assert jobs[rule] == 8, rule
+    assert jobs["trend"] == jobs["verdict"] == jobs["report"] == 1
+    assert "results/breastmnist/n546/seed1/model/model.safetensors" in out.stdout + out.stderr
+    quick = scheduled(snakemake(wf, "-n", config=wf / "workflow/configs/quick.yaml"))
+    assert "trend" not in quick
+
+
+def test_the_trend_table_answers_as_the_verdict_does(finished, tmp_path):
+    """The trend stage read over the shared run, listed as two sizes: each question's answer,
+    statistic and null are the verdict's for that run; the reproductions row is the count of
+    reproductions.json against rate 1/N; an inconclusive row says what sizes would decide it
+    and a decided one says nothing."""
+    from diffmem.stages.trend import trend_stage
+
+    run = finished / RUN
+    files = {"metrics": "side/metrics.json", "membership": "audit/membership.json",
+             "boundaries": "audit/boundary.json", "reproductions": "audit/reproductions.json",
+             "detectors": "audit/detectors.json"}
+    df = trend_stage(runs=[("breastmnist", 64, 0), ("breastmnist", 128, 0)],
+                     **{k: [str(run / f)] * 2 for k, f in files.items()}, alpha=0.05,
+                     out_csv=str(tmp_path / "t.csv"), out_md=str(tmp_path / "t.md"),
+                     out_png=str(tmp_path / "t.png"))
+    verdict = pd.read_csv(finished / "results/verdict.csv")
+    verdict = verdict[verdict["run"] == "breastmnist N=64 seed 0"].reset_index(drop=True)
+    mine = df[(df["N"] == 64) & (df["question"] != "reproductions")].reset_index(drop=True)
+    assert len(mine) == len(verdict) == 4
+    for a, b in zip(mine.to_dict("records"), verdict.to_dict("records"), strict=True):
+        assert a["answer"] == b["answer"]
+        assert a["value"] == pytest.approx(b["value"]) and a["effect"] == pytest.approx(
+            b["effect"])
+        assert (a["null"] == pytest.approx(b["null"]) if not pd.isna(b["null"])
+                else pd.isna(a["null"]))
+        assert bool(a["to_decide"]) == (a["answer"] == "inconclusive"), a
+    rep = json.loads((run / "audit/reproductions.json").read_text())
+    for n in (64, 128):
+        r = df[(df["N"] == n) & (df["question"] == "reproductions")].iloc[0]
+        assert r["reproductions"] == rep["reproductions"] and r["null"] == 1 / n
+        assert r["expected_at_1_over_N"] == pytest.approx(rep["samples"] / n)
+    assert df[(df["N"] == 64) & (df["question"] == "reproductions")].iloc[0]["p_value"] == \
+        rep["p_value_greater"]
+    md = (tmp_path / "t.md").read_text()
+    assert md.count("| 64 | 0 |") == 1 and md.count("| 128 | 0 |") == 1
+    assert (tmp_path / "t.png").stat().st_size > 10_000
+
+
 def test_bench_rule_times_every_stage(finished):
     """The on-demand bench rule: one row per stage with positive figures, plus Snakemake's
     benchmark TSV; it is not part of the default target."""

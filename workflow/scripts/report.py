@@ -13,6 +13,8 @@ with logged(sm.log[0]):
         fingerprint_tables=list(sm.input.tables)[:2] or None,
         fingerprint_figure=list(sm.input.tables)[2] if sm.input.tables else None,
         verdict=sm.input.verdict,
+        # every question against N, when the config trains more than one size
+        trend=list(sm.input.trend) or None,
         duplicates=list(sm.input.duplicates),
         generated=sm.params.generated,
         studies=list(sm.input.studies),

@@ -341,3 +341,48 @@ def upper_darboux(ts: np.ndarray, k: np.ndarray, m: int, T: int) -> float:
     end (the paper's bound on the probability of reproducing anything in B)."""
     u, p = np.asarray(ts) / T, np.asarray(k) / m
     return float(np.sum(np.diff(u) * np.maximum(p[:-1], p[1:]))) if len(u) > 1 else 0.0
+
+
+def size_to_decide(test: dict, *, alpha: float = 0.05, max_factor: float = 1000.0) -> dict:
+    """What would decide an inconclusive test, if its estimate held: by how much its sizes
+    would have to grow (``factor``, applied to both ``n`` and ``null_n``) for the 95 % interval
+    to leave the undecided region on the side the estimate is farther from, and, for a copy test
+    (one with ``detectable_rate``), for the detectable rate to reach the margin too.
+
+    The interval's half-width is taken to shrink as 1/√size (its normal approximation), so the
+    factor is (half-width / distance to the boundary)²; the boundary is ``null_effect`` for a
+    yes (interval above it) and ``null_effect + margin`` for a no (interval below it). The
+    detectable rate is recomputed exactly (:func:`detectable_rate`) at the grown sizes. A
+    planning figure, not a promise: a real effect may differ from its estimate.
+
+    Returns ``{"direction": "yes" | "no" | None, "factor", "n", "null_n", "why"}``; direction
+    None (and factor None) when no size decides it at this estimate (it lies on a boundary) or
+    more than ``max_factor`` times these sizes would be needed."""
+    est, lo, hi = test["effect"], test["ci_low"], test["ci_high"]
+    null_effect, margin = test.get("null_effect", 0.0), test["margin"]
+    n, null_n = int(test["n"]), int(test["null_n"])
+    half = (hi - lo) / 2
+    d_yes, d_no = est - null_effect, null_effect + margin - est
+    direction, dist = ("yes", d_yes) if d_yes > d_no else ("no", d_no)
+    out = {"direction": None, "factor": None, "n": None, "null_n": None}
+    if dist <= 0 or half <= 0:
+        return out | {"why": "its estimate lies on the boundary between the answers: no size "
+                             "decides it unless the estimate moves"}
+    factor = max(1.0, (half / dist) ** 2)
+    p0 = test.get("null_rate_calibration")
+    if direction == "no" and "detectable_rate" in test and p0 is not None:
+        # a no also needs the power to have seen the margin: grow until it has
+        f = factor
+        while f <= max_factor:
+            d = detectable_rate(math.ceil(n * f), math.ceil(null_n * f), p0, alpha=alpha)
+            if d is not None and d <= margin:
+                break
+            f *= 1.25
+        factor = f
+    if factor > max_factor:
+        return out | {"why": f"more than {max_factor:g} times these sizes"}
+    return {"direction": direction, "factor": float(factor), "n": math.ceil(n * factor),
+            "null_n": math.ceil(null_n * factor),
+            "why": f"about {factor:.1f}× these sizes ({math.ceil(n * factor)} and "
+                   f"{math.ceil(null_n * factor)}) would answer {direction}, if the estimate "
+                   f"held"}

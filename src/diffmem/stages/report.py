@@ -478,9 +478,11 @@ def duplicates_lines(paths: list[str], base: Path) -> list[str]:
 def report_stage(*, out_markdown: str, runs: list, run_dirs: list[str], title: str, settings: dict,
                  fingerprint_tables: list[str] | None = None, fingerprint_figure: str | None = None,
                  verdict: str | None = None, duplicates: list[str] | None = None,
-                 generated: dict | None = None, studies: list[str] | None = None) -> None:
+                 generated: dict | None = None, studies: list[str] | None = None,
+                 trend: list[str] | None = None) -> None:
     """The report; ``generated``: name → run folder of each generated image set; ``studies``:
-    the known-truth studies' Markdown tables."""
+    the known-truth studies' Markdown tables; ``trend``: the table and figure of every question
+    against N."""
     base = Path(out_markdown).parent
     lines = [f"# Verdict — {title}", ""]
     if verdict:
@@ -489,6 +491,11 @@ def report_stage(*, out_markdown: str, runs: list, run_dirs: list[str], title: s
               "can an attacker pull them out? The verdict first, then the summary tables, then "
               "one section per trained model, every score beside what unseen real images score.",
               ""]
+    if trend:
+        table, figure = trend
+        lines += ["## Every question against the training-set size N", "",
+                  Path(table).read_text().rstrip(), "",
+                  f"![every question against N]({_rel(Path(figure), base)})", ""]
     if duplicates:
         lines += duplicates_lines(duplicates, base)
     if fingerprint_tables:
