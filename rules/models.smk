@@ -20,6 +20,9 @@ rule import_model:
         CONDA_ENV
     params:
         folder=lambda wc: config["models"][wc.name]["folder"],
+        # the contents of those files: an older file copied over one (its modification time
+        # older than the outputs) or a re-pointed folder link re-runs the import too
+        digest=lambda wc: MODELS[wc.name]["files_digest"],
     script:
         "../workflow/scripts/import_model.py"
 

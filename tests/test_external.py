@@ -183,6 +183,48 @@ def test_unexpected_mis_shaped_and_non_finite_tensors_are_refused(pipeline_dir):
     refused(load_pretrained, pipeline_dir, match="hold NaN or infinite values (conv_in.weight)")
 
 
+@pytest.mark.parametrize("dtype", [torch.int8, torch.bool, torch.float8_e4m3fn, torch.int64])
+def test_weights_of_a_dtype_no_model_has_are_refused_before_any_job(pipeline_dir, dtype):
+    """An int8, bool or float8 copy of the weights, with the right names and shapes, would be
+    cast silently (float8: a traceback in the job) and audited as another model."""
+    path = pipeline_dir / "unet/diffusion_pytorch_model.safetensors"
+    state = load_file(str(path))
+    save_file({k: (v.to(dtype) if k == "conv_in.weight" else v) for k, v in state.items()},
+              str(path))
+    name = {torch.int8: "I8", torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3",
+            torch.int64: "I64"}[dtype]
+    refused(inspect_model_folder, pipeline_dir,
+            match=f"tensor 'conv_in.weight' has dtype {name} (1 such); expected model weights "
+                  f"of F16, BF16, F32, F64")
+    save_file({k: v.half() for k, v in state.items()}, str(path))  # half weights are weights
+    inspect_model_folder(pipeline_dir)
+
+
+def test_a_variants_shard_index_is_not_read(pipeline_dir):
+    """diffusers' fp16 variant, sharded, beside the model's own file: only the model's own file
+    is read (the README: variants are not read); with the variant alone, one line says so."""
+    unet = pipeline_dir / "unet"
+    state = load_file(str(unet / "diffusion_pytorch_model.safetensors"))
+    save_file({k: v.half() for k, v in state.items()},
+              str(unet / "diffusion_pytorch_model.fp16-00001-of-00001.safetensors"))
+    (unet / "diffusion_pytorch_model.fp16.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {k: "diffusion_pytorch_model.fp16-00001-of-00001.safetensors"
+                        for k in state}}))
+    assert [p.name for p in inspect_model_folder(pipeline_dir)["weights"]] == [
+        "diffusion_pytorch_model.safetensors"]
+    (unet / "diffusion_pytorch_model.safetensors").unlink()
+    refused(inspect_model_folder, pipeline_dir,
+            match="(found diffusion_pytorch_model.fp16-00001-of-00001.safetensors, "
+                  "diffusion_pytorch_model.fp16.safetensors.index.json: variants are not read")
+
+
+def test_json_nested_deeper_than_the_decoder_goes_names_its_file(pipeline_dir):
+    path = pipeline_dir / "scheduler/scheduler_config.json"
+    path.write_text("[" * 200_000 + "]" * 200_000)
+    refused(inspect_model_folder, pipeline_dir,
+            match=f"cannot read {path} as JSON: it is nested deeper than Python's decoder goes")
+
+
 @pytest.mark.parametrize("corrupt,match", [
     (lambda b: np.random.default_rng(0).bytes(5000), "header claims"),
     (lambda b: b[: len(b) // 2], "is truncated or padded"),
@@ -212,6 +254,10 @@ def test_corrupt_weights_get_one_line_before_any_job(pipeline_dir, corrupt, matc
      "down_block_types[0] = 'CrossAttnDownBlock2D' is invalid: expected one of"),
     ("unet", {"class_embed_type": "timestep"}, "class_embed_type = 'timestep' is invalid"),
     ("unet", {"norm_num_groups": 3}, "norm_num_groups 3 does not divide"),
+    # diffusers builds these and the job would fail (sampling) or audit a rising noise as data
+    ("unet", {"sample_size": [8, 16]}, "sample_size [8, 16] is not square; expected one size"),
+    ("scheduler", {"beta_schedule": "linear", "beta_start": 0.02, "beta_end": 0.001},
+     "beta_start 0.02 is above beta_end 0.001; expected a noise schedule that rises"),
 ])
 def test_numbers_in_the_users_json_are_checked(pipeline_dir, where, change, match):
     path = pipeline_dir / ("scheduler/scheduler_config.json" if where == "scheduler" else

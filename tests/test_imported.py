@@ -61,6 +61,10 @@ def test_npz_sources_and_their_errors(tmp_path):
     np.savez(tmp_path / "float.npz", images=a.astype(np.float32))
     with pytest.raises(DataError, match="images is float32; expected uint8 or uint16"):
         read_images(tmp_path / "float.npz", size=8, channels=1)
+    np.savez(tmp_path / "empty.npz", images=np.zeros((10, 0, 0), np.uint8))
+    with pytest.raises(DataError, match=r"images has shape \(10, 0, 0\); expected images of "
+                                        r"at least 2 × 2 pixels"):
+        count_images(tmp_path / "empty.npz")
     np.savez(tmp_path / "other.npz", x=a)
     with pytest.raises(DataError, match="has no array 'images'"):
         count_images(tmp_path / "other.npz")

@@ -420,8 +420,10 @@ def test_pickled_only_model_is_refused_before_any_job(tmp_path):
 
 def test_editing_an_imported_model_or_its_images_reruns_the_import(tmp_path, own_model):
     """A model's files are inputs of import_model and a digest of its images is a param of
-    import_images: an edit re-runs the import and what follows; a bad number stops it before
-    any job, with one line."""
+    import_images: an edit re-runs the import and what follows, and so does an older weights
+    file put in place with its older time or a re-pointed unet/ link (a digest of the files'
+    contents is a param); a bad number stops it before any job, with one line."""
+    import os
     import shutil
     from pathlib import Path
 
@@ -444,6 +446,31 @@ def test_editing_an_imported_model_or_its_images_reruns_the_import(tmp_path, own
     write_pngs(np.full((1, 28, 28), 90, np.uint8), own / "train", "tr")  # replaces tr00.png
     jobs = scheduled(snakemake(wf, "-n", *targets, config=wf / "c.yaml"))
     assert jobs == {"import_model": 1, "import_images": 1, "model_duplicates": 1}, jobs
+    # older weights put in place keeping their older time (cp -p, rsync -a, mv), and a unet/
+    # link re-pointed to an older folder: Snakemake's times see nothing, the digest does
+    from safetensors.torch import load_file, save_file
+
+    weights = own / "model/unet/diffusion_pytorch_model.safetensors"
+    old = tmp_path / "old.safetensors"
+    shutil.copy2(weights, old)
+    os.utime(old, (1e9, 1e9))  # 2001: older than any output
+    state = load_file(str(weights))
+    save_file({k: v + 0.01 if k == "conv_in.bias" else v for k, v in state.items()},
+              str(weights))
+    snakemake(wf, *targets, config=wf / "c.yaml")
+    shutil.copy2(old, weights)
+    assert scheduled(snakemake(wf, "-n", *targets, config=wf / "c.yaml")) == {"import_model": 1}
+    snakemake(wf, *targets, config=wf / "c.yaml")
+    shutil.move(own / "model/unet", own / "unet_a")
+    shutil.copytree(own / "unet_a", own / "unet_b")  # copy2: the files keep their times
+    (own / "model/unet").symlink_to(own / "unet_a", target_is_directory=True)
+    assert scheduled(snakemake(wf, "-n", *targets, config=wf / "c.yaml")) == {}
+    save_file({k: v - 0.01 if k == "conv_in.bias" else v for k, v in state.items()},
+              str(own / "unet_b/diffusion_pytorch_model.safetensors"))
+    os.utime(own / "unet_b/diffusion_pytorch_model.safetensors", (1e9, 1e9))
+    (own / "model/unet").unlink()
+    (own / "model/unet").symlink_to(own / "unet_b", target_is_directory=True)
+    assert scheduled(snakemake(wf, "-n", *targets, config=wf / "c.yaml")) == {"import_model": 1}
     sched.write_text(json.dumps(json.loads(sched.read_text()) | {"beta_end": float("nan")}))
     proc = snakemake(wf, *targets, config=wf / "c.yaml", check=False)
     assert proc.returncode != 0 and "localrule" not in proc.stdout + proc.stderr

@@ -163,6 +163,9 @@ def _npz_images(path: Path) -> np.ndarray:
                         f"(N, H, W, 1 or 3)")
     if images.dtype not in (np.uint8, np.uint16):
         raise DataError(f"{path}: images is {images.dtype}; expected uint8 or uint16 pixels")
+    if min(images.shape[1:3]) < 2:  # (10, 0, 0) would end in a traceback in the job
+        raise DataError(f"{path}: images has shape {images.shape}; expected images of at least "
+                        f"2 × 2 pixels")
     return images
 
 

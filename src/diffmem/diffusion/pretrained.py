@@ -43,6 +43,9 @@ WEIGHTS = "diffusion_pytorch_model.safetensors"
 DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2,
                "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the JSON header
+# a model's weights are floating point: an integer, bool or float8 copy of the right names and
+# shapes would be cast silently (or fail in the job) and audited as another model
+WEIGHT_DTYPES = ("F16", "BF16", "F32", "F64")
 CONVERT = ("convert it once where you trust it: UNet2DModel.from_pretrained(dir)"
            ".save_pretrained(dir, safe_serialization=True)")
 
@@ -119,6 +122,9 @@ def _json(path: Path, kind: str = "object"):
         value = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ModelFolderError(f"cannot read {path} as JSON ({err})") from None
+    except RecursionError:  # json's decoder recurses per level: a file nested 200,000 deep
+        raise ModelFolderError(f"cannot read {path} as JSON: it is nested deeper than Python's "
+                               f"decoder goes; expected a flat object of settings") from None
     if kind == "object" and not isinstance(value, dict):
         raise ModelFolderError(f"{path} holds a JSON {type(value).__name__}; expected an object "
                                f"of settings")
@@ -213,9 +219,9 @@ def read_safetensors_header(path: Path) -> dict:
         raise ModelFolderError(f"cannot read {path} ({err})") from None
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise ModelFolderError(f"{path} is not a safetensors file: its {n}-byte header is not "
-                               f"JSON") from None
+                               f"JSON of one level of tensors") from None
     if not isinstance(header, dict):
         raise ModelFolderError(f"{path} is not a safetensors file: its header is a JSON "
                                f"{type(header).__name__}, expected an object")
@@ -253,11 +259,30 @@ def read_safetensors_header(path: Path) -> dict:
     return header
 
 
+def read_weights_header(path: Path) -> dict:
+    """:func:`read_safetensors_header` of a weights file, every tensor of a floating-point dtype
+    (:data:`WEIGHT_DTYPES`)."""
+    header = read_safetensors_header(path)
+    odd = [(k, t["dtype"]) for k, t in header.items() if t["dtype"] not in WEIGHT_DTYPES]
+    if odd:
+        raise ModelFolderError(f"{path}: tensor {odd[0][0]!r} has dtype {odd[0][1]} ({len(odd)} "
+                               f"such); expected model weights of {', '.join(WEIGHT_DTYPES)}")
+    return header
+
+
+# the shard indexes diffusers reads for the model itself; a variant's (fp16, ema, …) index has
+# the variant between the two, and variants are not read
+INDEXES = ("diffusion_pytorch_model.safetensors.index.json",
+           "diffusion_pytorch_model.bin.index.json")
+
+
 def weight_files(unet_dir: Path) -> list[Path]:
     """The safetensors files holding the U-Net: the one file, or every shard its index names
-    (each a safetensors file inside the folder). Anything that would be unpickled is refused."""
+    (each a safetensors file inside the folder). Anything that would be unpickled is refused;
+    a variant's files (``diffusion_pytorch_model.fp16.safetensors``, its shard index) are not
+    read."""
     single = unet_dir / WEIGHTS
-    indexes = sorted(unet_dir.glob("diffusion_pytorch_model*.index.json"))
+    indexes = [unet_dir / name for name in INDEXES if (unet_dir / name).exists()]
     if indexes:
         maps = {}
         for index in indexes:
@@ -286,20 +311,21 @@ def weight_files(unet_dir: Path) -> list[Path]:
                 raise ModelFolderError(f"{indexes[0]} names the shard {shard}, which is not in "
                                        f"{unet_dir}")
         for shard in shards:
-            held = read_safetensors_header(unet_dir / shard)
+            held = read_weights_header(unet_dir / shard)
             missing = [k for k, v in weight_map.items() if v == shard and k not in held]
             if missing:
                 raise ModelFolderError(f"{unet_dir / shard} lacks {len(missing)} tensors its "
                                        f"index assigns to it ({', '.join(missing[:3])}, …)")
         return [unet_dir / s for s in shards]
     if single.exists():
-        read_safetensors_header(single)
+        read_weights_header(single)
         return [single]
     pickled = sorted(p.name for p in unet_dir.iterdir() if p.suffix in PICKLED)
     if pickled:
         raise ModelFolderError(f"{unet_dir / pickled[0]} is pickled and diffmem never unpickles "
                                f"a user's file; {CONVERT}")
-    others = sorted(p.name for p in unet_dir.glob("*.safetensors"))
+    others = sorted(p.name for p in [*unet_dir.glob("*.safetensors"),
+                                     *unet_dir.glob("diffusion_pytorch_model*.index.json")])
     raise ModelFolderError(f"no {WEIGHTS} in {unet_dir}"
                            + (f" (found {', '.join(others)}: variants are not read; keep the "
                               f"one to audit under that name)" if others else ""))
@@ -323,6 +349,9 @@ def check_unet_config(unet: dict, path: Path) -> None:
                                f"block_out_channels {odd}")
     size = unet.get("sample_size")
     sizes = size if isinstance(size, list) else [size] if size else []
+    if len(set(sizes)) > 1:  # diffusers builds it; the audit's images and sampler are square
+        raise ModelFolderError(f"{path}: sample_size {size} is not square; expected one size "
+                               f"(or [s, s]): the audit compares square images")
     step = 2 ** (len(blocks) - 1)
     if any(s % step for s in sizes):
         raise ModelFolderError(f"{path}: sample_size {size} is not divisible by {step}, which "
@@ -334,6 +363,11 @@ def check_scheduler_config(cfg: dict, path: Path) -> None:
     trained betas, one per step)."""
     check_schema(cfg, SCHEDULER_SCHEMA, path)
     betas = cfg.get("trained_betas")
+    start, end = cfg.get("beta_start", 1e-4), cfg.get("beta_end", 0.02)
+    if not betas and cfg.get("beta_schedule", "linear") in ("linear", "scaled_linear") and \
+            start > end:
+        raise ModelFolderError(f"{path}: beta_start {start} is above beta_end {end}; expected "
+                               f"a noise schedule that rises from beta_start to beta_end")
     T = cfg.get("num_train_timesteps", 1000)
     if betas and len(betas) != T:
         raise ModelFolderError(f"{path}: trained_betas has {len(betas)} values for "
@@ -378,6 +412,24 @@ def inspect_model_folder(folder: str | Path) -> dict:
     files += [cfg_path, *weights, sched]
     return {"unet_dir": unet_dir, "weights": weights, "unet": unet, "scheduler": scheduler,
             "scheduler_path": sched, "files": [str(f) for f in files]}
+
+
+def files_digest(files: list[str]) -> str:
+    """A digest of the contents of every file the import reads (sha256 over each file's bytes,
+    in order): a param of ``import_model``, so that a weights file replaced by an older one
+    (``cp -p``, ``rsync -a``, ``mv``: its modification time gives Snakemake no reason) or a
+    folder link re-pointed to another model re-runs the import. Read once when the DAG is built
+    (about a second per GB)."""
+    import hashlib
+
+    total = hashlib.sha256()
+    for f in files:
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+        total.update(f"{Path(f).name}:{h.hexdigest()};".encode())
+    return total.hexdigest()[:16]
 
 
 def diffusion_from_scheduler(cfg: dict, where: str = "scheduler") -> dict:

@@ -21,7 +21,7 @@ from ..data.images import (
     same_images,
 )
 from ..data.medmnist import max_train_size, medmnist_info
-from ..diffusion.pretrained import diffusion_from_scheduler, inspect_model_folder
+from ..diffusion.pretrained import diffusion_from_scheduler, files_digest, inspect_model_folder
 from ..diffusion.schedule import MAX_SIGNAL, first_step, signal_at_start
 from ..errors import ConfigError, DataError, ModelFolderError
 
@@ -499,5 +499,6 @@ def model_info(config: dict, name: str) -> dict:
                           f"report says so)")
     return {"size": int(size), "channels": channels, "diffusion": diffusion,
             "images": counts, "images_digest": digests, "sample": sample,
-            # every file the import reads: inputs of import_model, so an edit re-runs it
-            "files": info["files"]}
+            # every file the import reads: inputs of import_model, so an edit re-runs it, and
+            # their contents' digest, a param of it, so an older file put in their place does
+            "files": info["files"], "files_digest": files_digest(info["files"])}
