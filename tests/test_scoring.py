@@ -293,6 +293,11 @@ def test_the_size_that_would_decide_an_inconclusive_test_by_hand():
     assert s["direction"] == "yes" and s["factor"] == pytest.approx((0.08 / 0.06) ** 2)
     s = size_to_decide(base | {"margin": 0.0, "effect": 0.0, "ci_low": -0.1, "ci_high": 0.1})
     assert s["direction"] is None and "boundary" in s["why"]
+    # a bootstrap interval leaning up: a no needs its upper side, 0.12 above the estimate, to
+    # come within 0.087 of it: (0.12 / 0.087)² (the walk-back of N = 64, seed 0, in the trend)
+    s = size_to_decide(base | {"margin": 0.0, "effect": -0.087, "ci_low": -0.117,
+                               "ci_high": 0.033})
+    assert s["direction"] == "no" and s["factor"] == pytest.approx((0.12 / 0.087) ** 2)
 
 
 def test_a_copy_no_also_needs_the_sizes_at_which_the_margin_is_detectable():

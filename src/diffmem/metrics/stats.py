@@ -349,9 +349,10 @@ def size_to_decide(test: dict, *, alpha: float = 0.05, max_factor: float = 1000.
     to leave the undecided region on the side the estimate is farther from, and, for a copy test
     (one with ``detectable_rate``), for the detectable rate to reach the margin too.
 
-    The interval's half-width is taken to shrink as 1/√size (its normal approximation), so the
-    factor is (half-width / distance to the boundary)²; the boundary is ``null_effect`` for a
-    yes (interval above it) and ``null_effect + margin`` for a no (interval below it). The
+    The interval's half-width on the side that must move (the lower one for a yes, the upper
+    one for a no: bootstrap intervals are not symmetric) is taken to shrink as 1/√size, so the
+    factor is (that half-width / distance to the boundary)²; the boundary is ``null_effect``
+    for a yes (interval above it) and ``null_effect + margin`` for a no (interval below it). The
     detectable rate is recomputed exactly (:func:`detectable_rate`) at the grown sizes. A
     planning figure, not a promise: a real effect may differ from its estimate.
 
@@ -361,9 +362,9 @@ def size_to_decide(test: dict, *, alpha: float = 0.05, max_factor: float = 1000.
     est, lo, hi = test["effect"], test["ci_low"], test["ci_high"]
     null_effect, margin = test.get("null_effect", 0.0), test["margin"]
     n, null_n = int(test["n"]), int(test["null_n"])
-    half = (hi - lo) / 2
     d_yes, d_no = est - null_effect, null_effect + margin - est
     direction, dist = ("yes", d_yes) if d_yes > d_no else ("no", d_no)
+    half = est - lo if direction == "yes" else hi - est
     out = {"direction": None, "factor": None, "n": None, "null_n": None}
     if dist <= 0 or half <= 0:
         return out | {"why": "its estimate lies on the boundary between the answers: no size "

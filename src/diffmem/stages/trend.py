@@ -91,7 +91,7 @@ def trend_rows(runs: list, metrics: list[str], membership: list[str], boundaries
         lo, hi = wilson(k, s)
         fpr = det.get("fpr")
         rows.append(base | {
-            "question": "reproductions", "answer": _reproduction_answer(rep, alpha),
+            "question": "reproductions", "answer": _reproduction_answer(rep, det, alpha),
             "value": k / s, "null": 1 / int(n), "effect": k / s - 1 / int(n),
             "ci_low": lo - 1 / int(n), "ci_high": hi - 1 / int(n),
             "p_value": rep["p_value_greater"], "margin": None, "detectable": None,
@@ -99,17 +99,22 @@ def trend_rows(runs: list, metrics: list[str], membership: list[str], boundaries
             "detector_recall": det.get("recall"), "detector_fpr": fpr,
             "reproductions": k, "expected_at_1_over_N": s / int(n),
             "p_value_less": rep["p_value_less"],
+            "corrected_rate_low": (det.get("rate_ci") or [None, None])[0],
+            "corrected_rate_high": (det.get("rate_ci") or [None, None])[1],
             "to_decide": ""})
     return rows
 
 
-def _reproduction_answer(rep: dict, alpha: float) -> str:
+def _reproduction_answer(rep: dict, det: dict, alpha: float) -> str:
     """The fingerprinted image against rate 1/N (the paper's null: a model that draws its
-    training images uniformly): above it, below it, or neither at α."""
+    training images uniformly): above it (the count alone, the detectors' false-positive rate
+    being about 0), below it only where the detector check supports that claim (a count below
+    1/N from detectors that miss most reproductions says nothing), or neither at α."""
     if rep["p_value_greater"] < alpha:
         return "above 1/N"
     if rep["p_value_less"] < alpha:
-        return "below 1/N"
+        return "below 1/N" if det.get("below_null") == "supported" else \
+            "neither (fewer than 1/N counted, but the detectors' recall cannot support below)"
     return "neither"
 
 
@@ -117,11 +122,14 @@ def _cell(r: dict) -> str:
     """One table cell: the answer, its statistic beside its null, its interval."""
     if r["question"] == "reproductions":
         rec = r.get("detector_recall")
-        return (f"**{r['answer']}**: {r['reproductions']} of {r['images']} "
-                f"(expected {r['expected_at_1_over_N']:.1f} at 1/N; p>{r['p_value']:.2g}, "
-                f"p<{r['p_value_less']:.2g})"
+        lo, hi = r.get("corrected_rate_low"), r.get("corrected_rate_high")
+        return (f"**{r['answer']}**: {int(r['reproductions'])} of {int(r['images'])} "
+                f"(expected {r['expected_at_1_over_N']:.1f} at 1/N; one-sided p above "
+                f"{r['p_value']:.2g}, below {r['p_value_less']:.2g})"
                 + (f"; detectors' recall {_num(rec, fmt='.2f')}, false-positive rate "
-                   f"{_num(r.get('detector_fpr'), fmt='.2f')}" if rec is not None else ""))
+                   f"{_num(r.get('detector_fpr'), fmt='.3f')}" if rec is not None else "")
+                + (f"; rate corrected for them [{_num(lo, fmt='.3f')}, {_num(hi, fmt='.3f')}] "
+                   f"vs 1/N = {r['null']:.3f}" if lo is not None and not pd.isna(lo) else ""))
     text = (f"**{r['answer']}**: {_num(r['value'])} ({_num(r['null'], 'no null')}) "
             f"[{_num(r['ci_low'])}, {_num(r['ci_high'])}]")
     if r["question"] == "copies":
@@ -150,7 +158,9 @@ def trend_figure(df: pd.DataFrame, path: str) -> None:
             for r in g.sort_values(["N", "seed"]).to_dict("records"):
                 # seeds side by side around N (log-spaced jitter)
                 x = r["N"] * 1.08 ** (seeds.index(r["seed"]) - (len(seeds) - 1) / 2)
-                c = COLOURS.get(r["answer"], "k")
+                c = COLOURS.get(r["answer"].split(" (")[0], {"above 1/N": COLOURS["yes"],
+                                                              "below 1/N": COLOURS["no"]}.get(
+                    r["answer"], COLOURS["inconclusive"]))
                 if q in ("walk-back", "SIDE vs plain", "membership"):
                     # the interval is around the effect; put it back around the value
                     shift = r["value"] - r["effect"]
@@ -170,6 +180,9 @@ def trend_figure(df: pd.DataFrame, path: str) -> None:
         if q == "membership":
             ax.axhline(0.5, color="0.3", lw=0.8, ls="--")
         ax.set_xscale("log")
+        sizes = sorted(df["N"].unique())
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.minorticks_off()
         ax.set_xlabel("training-set size N")
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
@@ -211,9 +224,11 @@ def trend_stage(*, runs: list, metrics: list[str], membership: list[str],
         "against rate 1/N (the paper's null: a model drawing its training images uniformly; "
         "\"above 1/N\" is memorization of that image, \"below 1/N\" means the model reproduces "
         "it less often than a uniform copier would), with one-sided exact p-values and the "
-        "detectors' measured recall; SIDE vs plain: SIDE's UMS (plain sampling's) and the "
-        "interval of the difference. An inconclusive cell says what sizes would decide it if "
-        "its estimate held (the interval's half-width taken to shrink as 1/√size).", ""]
+        "detectors' measured recall and false-positive rate, and the rate corrected for both "
+        "(its 95 % interval; \"below 1/N\" only where the detector check supports it); SIDE "
+        "vs plain: SIDE's UMS (plain sampling's) and the interval of the difference. An "
+        "inconclusive cell says what sizes would decide it if its estimate held (the "
+        "interval's half-width on the side that must move taken to shrink as 1/√size).", ""]
     save_text(out_md, "\n".join(lines))
     trend_figure(df, out_png)
     return df
