@@ -326,7 +326,7 @@ def retrieval_check(scorer, train: np.ndarray, *, per_family: int = 64, seed: in
         idx = rng.choice(len(train), per_family, replace=len(train) < per_family)
         nns = scorer.nn(transform(train[idx], rng))
 
-        def recall(k):
+        def recall(k, nns=nns, idx=idx):
             at_source = groups[nns[k]["index"][:, 0]] == groups[idx]
             return float(((nns[k]["sim"][:, 0] >= high[k]) & at_source).mean())
 
