@@ -18,6 +18,7 @@ from diffmem.attacks.fingerprint.classifiers import (
     train_classifier,
 )
 from diffmem.data.medmnist import load_medmnist
+from diffmem.diffusion.denoiser import Denoiser
 from diffmem.metrics.stats import binom_cdf, binomial_p_values, wilson_interval
 
 
@@ -339,7 +340,8 @@ def test_an_untrained_model_does_not_walk_back(control_setup):
         return process.add_noise(x0, torch.randn(x0.shape, generator=gen), t)
 
     def reverse_fn(x_t, t):
-        return reverse(model, process, x_t, t.numpy(), sampler="ddpm", steps=10, generator=gen)
+        return reverse(Denoiser(model, process), process,
+                       x_t, t.numpy(), sampler="ddpm", steps=10, generator=gen)
 
     res, verdict = _search_all(control_setup, noise_fn, reverse_fn, m=4, t_step=20, T=100)
     assert verdict != "yes"

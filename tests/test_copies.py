@@ -238,3 +238,34 @@ def test_rotated_copies_get_yes_where_the_pixel_match_says_otherwise(eye):
             assert both == "yes" and pixel != "yes", (name, both, pixel)
             t = tests["plain_copies"]
             assert t["effect"] > t["detectable_rate"]  # an excess the test sees with power
+
+
+def test_the_eyes_own_check_counts_a_hit_only_at_its_source():
+    """A changed copy that lands in the high band at *another* training image (as unseen images
+    do at the null's false-positive rate) is no recall; at its source, or at a near-duplicate
+    twin of it, it is. A stand-in scorer puts every image at training image 0 in the high band:
+    with four singleton groups the first family's recall is the share of its picks that were
+    image 0 (the check's own seeded draw); with one group of four, every pick."""
+    from types import SimpleNamespace
+
+    from diffmem.attacks.copies import retrieval_check
+
+    train = np.random.default_rng(0).integers(0, 256, (4, 28, 28), dtype=np.uint8)
+
+    def nn(images):
+        hit = {"sim": np.ones((len(images), 1)), "index": np.zeros((len(images), 1), int)}
+        return {"combined": hit, "embedding": hit, "cosine": hit}
+
+    def check(groups):
+        scorer = SimpleNamespace(edges={k: (0.0, 0.5, 0.9) for k in ("combined", "embedding",
+                                                                       "cosine")},
+                                 groups=np.asarray(groups), pixel_kind="cosine", nn=nn)
+        return retrieval_check(scorer, train, per_family=64, seed=3)
+
+    picks = np.random.default_rng(3).choice(4, 64, replace=True)
+    rows = check([0, 1, 2, 3])
+    assert rows[0]["recall_combined"] == pytest.approx(np.mean(picks == 0))
+    assert 0 < rows[0]["recall_combined"] < 0.5
+    assert all(r["recall_combined"] == 1.0 for r in check([0, 0, 0, 0]))
+    assert [r["family"] for r in rows if not r["trained"]] == [
+        "shifted 4 px", "gamma 0.7", "elastic warp", "rotated 25°", "cutout of 10 %"]

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from diffmem.device import to_tensor, to_uint8
+from diffmem.diffusion.denoiser import Denoiser
 from diffmem.diffusion.process import NoiseProcess
 from diffmem.diffusion.sampler import EpsRunner, reverse, sample, start_sequences
 from diffmem.diffusion.unet import build_unet, load_model, save_model
@@ -42,7 +43,8 @@ def test_vectorised_step_equals_diffusers(sampler, steps):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(4, 1, 8, 8, generator=gen)
     model = FixedEps()
-    ours = reverse(model, process, x, int(sch.timesteps[0]), sampler=sampler, steps=steps,
+    ours = reverse(Denoiser(model, process), process,
+                   x, int(sch.timesteps[0]), sampler=sampler, steps=steps,
                    generator=torch.Generator().manual_seed(1))
     ref = diffusers_trajectory(sch, model, x, sampler)
     # both draw one (B, C, H, W) normal per noisy step from equally seeded generators, so even
@@ -71,7 +73,7 @@ def test_ddpm_steps_match_a_float64_reference():
             ((1 - beta).sqrt() * (1 - a_p) / (1 - a_t)) * ref
         var = (1 - a_p) / (1 - a_t) * beta
         ref = mean + (t > 0) * var.sqrt() * torch.randn(ref.shape, generator=g).double()
-    ours = reverse(model, process, x, 99, sampler="ddpm", steps=100,
+    ours = reverse(Denoiser(model, process), process, x, 99, sampler="ddpm", steps=100,
                    generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(ours.double(), ref.clamp(-1, 1), atol=2e-6, rtol=0)
 
@@ -87,9 +89,10 @@ def test_per_sample_start_equals_separate_runs():
     process = NoiseProcess(num_train_timesteps=100)
     x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(2))
     starts = [99, 40, 7]
-    together = reverse(FixedEps(), process, x, starts, sampler="ddim", steps=10)
+    together = reverse(Denoiser(FixedEps(), process), process, x, starts, sampler="ddim", steps=10)
     for i, t in enumerate(starts):
-        alone = reverse(FixedEps(), process, x[i:i + 1], t, sampler="ddim", steps=10)
+        alone = reverse(Denoiser(FixedEps(), process), process,
+                        x[i:i + 1], t, sampler="ddim", steps=10)
         torch.testing.assert_close(together[i:i + 1], alone)
 
 
@@ -107,11 +110,14 @@ def test_sample_shape_range_and_seed(tmp_path, sampler, channels):
     torch.manual_seed(0)
     model = build_unet(TINY, 28, channels).eval()
     process = NoiseProcess(num_train_timesteps=50)
-    a = sample(model, process, 5, shape=(channels, 28, 28), sampler=sampler, steps=5,
+    a = sample(Denoiser(model, process), process,
+               5, shape=(channels, 28, 28), sampler=sampler, steps=5,
                batch_size=2, seed=3, progress=False)
-    b = sample(model, process, 5, shape=(channels, 28, 28), sampler=sampler, steps=5,
+    b = sample(Denoiser(model, process), process,
+               5, shape=(channels, 28, 28), sampler=sampler, steps=5,
                batch_size=2, seed=3, progress=False)
-    c = sample(model, process, 5, shape=(channels, 28, 28), sampler=sampler, steps=5,
+    c = sample(Denoiser(model, process), process,
+               5, shape=(channels, 28, 28), sampler=sampler, steps=5,
                batch_size=2, seed=4, progress=False)
     assert a.dtype == np.uint8
     assert a.shape == ((5, 28, 28) if channels == 1 else (5, 28, 28, 3))
@@ -135,7 +141,7 @@ def test_model_save_load_round_trip_is_safetensors(tmp_path):
     loaded, meta = load_model(tmp_path / "m.safetensors", tmp_path / "m.json")
     x, t = torch.randn(2, 1, 28, 28), torch.tensor([1, 5])
     with torch.no_grad():
-        torch.testing.assert_close(loaded(x, t).sample, model.eval()(x, t).sample)
+        torch.testing.assert_close(loaded.output(x, t), model.eval()(x, t).sample)
     assert meta["diffusion"]["num_train_timesteps"] == 10
 
 
@@ -209,7 +215,8 @@ def test_every_sampler_draws_the_data_distribution_from_the_exact_denoiser(kind,
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2000, 1, 2, 2, generator=gen)
     t0 = int(process.timestep_grid(sampler, steps)[0])
-    out = reverse(model, process, x, t0, sampler=sampler, steps=steps, generator=gen)
+    out = reverse(Denoiser(model, process), process,
+                  x, t0, sampler=sampler, steps=steps, generator=gen)
     assert float(out.mean()) == pytest.approx(mu, abs=0.01)
     assert float(out.std()) == pytest.approx(sd, rel=0.05)
 
@@ -223,7 +230,8 @@ def test_subvp_reverse_from_an_intermediate_step_and_the_sampler_check():
     t = torch.tensor([999, 800, 500, 300, 100, 50, 10, 0])
     xt = process.add_noise(x0, torch.randn(x0.shape, generator=gen), t)
     for sampler in ("ddim", "ddpm", "euler_maruyama"):
-        out = reverse(model, process, xt, t.numpy(), sampler=sampler, steps=200, generator=gen)
+        out = reverse(Denoiser(model, process), process,
+                      xt, t.numpy(), sampler=sampler, steps=200, generator=gen)
         torch.testing.assert_close(out, x0, atol=2e-3, rtol=0)
     with pytest.raises(ValueError, match="needs diffusion.process: subvp"):
         reverse(model, NoiseProcess(num_train_timesteps=10), xt[:1], 5,
@@ -262,7 +270,8 @@ def test_each_beta_schedule_and_v_prediction_step_like_diffusers(schedule, betas
     sch.set_timesteps(steps)
     x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     model = FixedEps()
-    ours = reverse(model, process, x, int(sch.timesteps[0]), sampler=sampler, steps=steps,
+    ours = reverse(Denoiser(model, process), process,
+                   x, int(sch.timesteps[0]), sampler=sampler, steps=steps,
                    generator=torch.Generator().manual_seed(1))
     ref = diffusers_trajectory(sch, model, x, sampler)
     tol = 3e-4 if sampler == "ddpm" else 1e-5  # float32 β in diffusers (see above)
@@ -285,7 +294,8 @@ def test_v_prediction_loss_target_is_epsilon():
         def forward(self, x, tt):
             return type("Out", (), {"sample": m * eps - s * x0})()
 
-    torch.testing.assert_close(predict_eps(ExactV(), process, x_t, t), eps, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(predict_eps(Denoiser(ExactV(), process), process,
+                                           x_t, t), eps, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("sampler,mixed", [("ddim", True), ("ddpm", False), ("ddpm", True)])
@@ -298,22 +308,23 @@ def test_the_fixed_shape_path_matches_the_plain_one(sampler, mixed):
     process = NoiseProcess(num_train_timesteps=50)
     x = torch.randn(5, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     t_start = np.array([49, 30, 10, 30, 3]) if mixed else 49
-    runner = EpsRunner(model, bucket=4)  # 5 rows padded to 8
+    den = Denoiser(model, process)
+    runner = EpsRunner(den, bucket=4)  # 5 rows padded to 8
     kw = dict(sampler=sampler, steps=10)
-    plain = reverse(model, process, x, t_start, generator=torch.Generator().manual_seed(2), **kw)
-    fast = reverse(model, process, x, t_start, generator=torch.Generator().manual_seed(2),
+    plain = reverse(den, process, x, t_start, generator=torch.Generator().manual_seed(2), **kw)
+    fast = reverse(den, process, x, t_start, generator=torch.Generator().manual_seed(2),
                    runner=runner, **kw)
     assert list(runner.sizes) == [8] and runner.calls > 0
     torch.testing.assert_close(fast, plain, atol=1e-5, rtol=0)
     if sampler == "ddpm":  # the noise matters: another stream gives other images
-        other = reverse(model, process, x, t_start, generator=torch.Generator().manual_seed(3),
+        other = reverse(den, process, x, t_start, generator=torch.Generator().manual_seed(3),
                         runner=runner, **kw)
         assert (other - plain).abs().max() > 0.05
     # sampling pads its last batch the same way and draws the same images
-    a = sample(model, process, 5, shape=(1, 28, 28), sampler=sampler, steps=5, batch_size=3,
+    a = sample(den, process, 5, shape=(1, 28, 28), sampler=sampler, steps=5, batch_size=3,
                seed=3, progress=False)
-    b = sample(model, process, 5, shape=(1, 28, 28), sampler=sampler, steps=5, batch_size=3,
-               seed=3, progress=False, runner=EpsRunner(model, bucket=4))
+    b = sample(den, process, 5, shape=(1, 28, 28), sampler=sampler, steps=5, batch_size=3,
+               seed=3, progress=False, runner=EpsRunner(den, bucket=4))
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
 
 

@@ -54,7 +54,7 @@ def test_a_ddpm_pipeline_folder_imports_and_samples(pipeline_dir, tmp_path):
 
     ref = UNet2DModel.from_pretrained(pipeline_dir / "unet", use_safetensors=True)
     for k, v in ref.state_dict().items():
-        torch.testing.assert_close(model.state_dict()[k], v)
+        torch.testing.assert_close(model.net.state_dict()[k], v)
 
 
 def test_a_unet_folder_with_a_scheduler_beside_it(pipeline_dir):

@@ -9,6 +9,7 @@ import torch
 
 from diffmem.attacks.membership import attack, denoising_losses
 from diffmem.device import to_tensor
+from diffmem.diffusion.denoiser import Denoiser
 from diffmem.diffusion.process import NoiseProcess
 
 
@@ -89,7 +90,7 @@ def test_sima_and_pia_scores_are_their_papers_formulas(cfg):
     images = rng.integers(0, 256, (5, 6, 6), dtype=np.uint8)
 
     def eps_fn(x_t, t):
-        return predict_eps(net, process, x_t, t)
+        return predict_eps(Denoiser(net, process), process, x_t, t)
 
     fracs = [0.1, 0.3]
     sima, pia = (f(eps_fn, process, images, fracs, batch_size=2) for f in (sima_scores,

@@ -19,6 +19,7 @@ def test_a_model_trained_with_rotations_is_found_to_copy_and_its_copies_are_flag
     those turned by 10° or more, where the pixel match alone finds fewer; the same samples
     against training images the model never saw (the negative control) get no yes."""
     from diffmem.attacks.copies import embed_fn, train_embedding
+    from diffmem.diffusion.denoiser import Denoiser
     from diffmem.diffusion.sampler import sample
     from diffmem.metrics.null import null_pool
     from diffmem.metrics.scores import per_image, score_generated
@@ -29,7 +30,8 @@ def test_a_model_trained_with_rotations_is_found_to_copy_and_its_copies_are_flag
 
     d = images(data_root)
     unet, process = train_model(d["train"], steps=2500)
-    samples = sample(unet, process, 160, shape=(1, SIZE, SIZE), sampler="ddpm", steps=100,
+    samples = sample(Denoiser(unet, process), process,
+                     160, shape=(1, SIZE, SIZE), sampler="ddpm", steps=100,
                      batch_size=160, seed=0, progress=False)
     truth = oracle(samples, d["train"], d["unseen"])
     copies, turned = truth["copy"], truth["copy"] & (np.abs(truth["angle"]) >= 10)

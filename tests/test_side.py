@@ -12,6 +12,7 @@ from diffmem.attacks.side import (
     surrogate_labels,
     train_time_classifier,
 )
+from diffmem.diffusion.denoiser import Denoiser
 from diffmem.diffusion.process import NoiseProcess
 from diffmem.diffusion.sampler import sample
 
@@ -72,8 +73,9 @@ def test_guidance_moves_samples_toward_the_class(target, sign):
     model = ToyEps(process)
     y = torch.full((64,), target)
     kw = dict(shape=(1, 8, 8), sampler="ddim", steps=20, batch_size=64, seed=0, progress=False)
-    plain = sample(model, process, 64, **kw).astype(float)
-    guided = sample(model, process, 64, guidance=guidance_fn(LinearClassifier(), y),
+    plain = sample(Denoiser(model, process), process, 64, **kw).astype(float)
+    guided = sample(Denoiser(model, process), process,
+                    64, guidance=guidance_fn(LinearClassifier(), y),
                     guidance_scale=3.0, **kw).astype(float)
     shift = guided.mean() - plain.mean()
     assert sign * shift > 5, shift  # uint8 units; class 0 wants brighter, class 1 darker

@@ -310,19 +310,28 @@ def retrieval_check(scorer, train: np.ndarray, *, per_family: int = 64, seed: in
     (:data:`diffmem.data.transforms.FAMILIES`), ``per_family`` training images drawn afresh and
     changed that way, scored against the training set like generated images. Recall: the share
     that lands in the high band, the band the null's unseen images reach at its false-positive
-    rate, for both eyes together (``combined``, the verdict's) and each alone. The last
-    families were never among the embedding's augmentations (``trained`` False). ``scorer``:
-    the run's :class:`~diffmem.metrics.scores.Scorer`, its bands calibrated."""
+    rate, *at its own source* (the nearest training image is the changed one or in its
+    near-duplicate group: a hit on another image, which an unseen image gets at the null's
+    false-positive rate, is no recall), for both eyes together (``combined``, the verdict's)
+    and each alone. The last families were never among the embedding's augmentations
+    (``trained`` False). ``scorer``: the run's :class:`~diffmem.metrics.scores.Scorer`, its
+    bands calibrated, its ``groups`` the training images' near-duplicate groups."""
     from ..data.transforms import FAMILIES
 
     rng = np.random.default_rng(seed)
     high = {k: e[2] for k, e in scorer.edges.items() if e is not None}
+    groups = np.arange(len(train)) if scorer.groups is None else np.asarray(scorer.groups)
     rows = []
     for name, transform, trained in FAMILIES:
-        picks = train[rng.choice(len(train), per_family, replace=len(train) < per_family)]
-        nns = scorer.nn(transform(picks, rng))
+        idx = rng.choice(len(train), per_family, replace=len(train) < per_family)
+        nns = scorer.nn(transform(train[idx], rng))
+
+        def recall(k, nns=nns, idx=idx):
+            at_source = groups[nns[k]["index"][:, 0]] == groups[idx]
+            return float(((nns[k]["sim"][:, 0] >= high[k]) & at_source).mean())
+
         rows.append({"family": name, "trained": trained, "images": per_family,
-                     **{f"recall_{k}": float((nns[k]["sim"][:, 0] >= high[k]).mean())
+                     **{f"recall_{k}": recall(k)
                         for k in ("combined", "embedding", scorer.pixel_kind) if k in high}})
     return rows
 

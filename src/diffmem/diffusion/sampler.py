@@ -71,7 +71,7 @@ class EpsRunner:
         # no autocast weight cache: cached casts would be captured as stale graph inputs
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.autocast,
                             cache_enabled=False):
-            return self.model(x, t).sample.float()
+            return self.model.output(x, t).float()
 
     def _buffers(self, x: torch.Tensor, t: torch.Tensor) -> dict:
         size = -(-len(x) // self.bucket) * self.bucket
@@ -148,10 +148,12 @@ def reverse(model, process: NoiseProcess, x: torch.Tensor, t_start, *, sampler: 
             guidance: Guidance | None = None, guidance_scale: float = 0.0,
             autocast: bool = False, max_batch: int | None = None,
             runner: EpsRunner | None = None) -> torch.Tensor:
-    """Run the reverse process from ``x`` (B, C, H, W) at per-sample steps ``t_start`` to x_0.
+    """Run the reverse process of ``model`` (a :class:`~diffmem.diffusion.denoiser.Denoiser`,
+    asked for its :meth:`~diffmem.diffusion.denoiser.Denoiser.output` and ``clip`` only) from
+    ``x`` (B, C, H, W) in the process's space at per-sample steps ``t_start`` to x_0.
 
     Each step goes from grid step t to the next lower one s (or to x_0 after the last), with
-    x̂_0 = (x_t - σ_t ε)/m_t clipped to [-1, 1]:
+    x̂_0 = (x_t - σ_t ε)/m_t, clipped to [-1, 1] where ``model.clip``:
 
     * ``ddim`` (η = 0): x_s = m_s x̂_0 + σ_s ε̂, ε̂ re-derived from the clipped x̂_0. For the
       sub-VP process this is the first-order exponential integrator of its probability-flow
@@ -165,8 +167,8 @@ def reverse(model, process: NoiseProcess, x: torch.Tensor, t_start, *, sampler: 
 
     ``guidance(x_t, time)`` (``time`` = :meth:`NoiseProcess.model_time`) returns
     ∇_{x_t} log p(y | x_t, t); the noise prediction is then shifted as in classifier guidance
-    (Dhariwal & Nichol 2021): ε̃ = ε − s·σ_t·∇ log p. Returns x_0 clipped to [-1, 1], on
-    ``x``'s device.
+    (Dhariwal & Nichol 2021): ε̃ = ε − s·σ_t·∇ log p. Returns x_0 (clipped to [-1, 1] where
+    ``model.clip``), on ``x``'s device.
 
     With a ``runner`` (:class:`EpsRunner`, the fixed-shape fast path) every step runs the whole
     batch and keeps trajectories that have not started yet unchanged (a mask), so the network
@@ -213,8 +215,9 @@ def reverse(model, process: NoiseProcess, x: torch.Tensor, t_start, *, sampler: 
         last = (tp < 0).view(-1, 1, 1, 1)
         m_s = torch.where(tp >= 0, m_all[tp.clamp(min=0)], one).view(-1, 1, 1, 1)
         s_s = torch.where(tp >= 0, s_all[tp.clamp(min=0)], zero).view(-1, 1, 1, 1)
-        x0 = (x0_direct if x0_direct is not None else
-              (xs - s_t.float() * eps) / m_t.float()).clamp(-1, 1)
+        x0 = x0_direct if x0_direct is not None else (xs - s_t.float() * eps) / m_t.float()
+        if model.clip:  # images: x̂_0 in [-1, 1]; a latent model's x̂_0 is not clipped
+            x0 = x0.clamp(-1, 1)
         if sampler == "ddim":
             # η = 0, with ε re-derived from the clipped x_0 as guided-diffusion's ddim_sample does
             # (diffusers' use_clipped_model_output=True). diffusers' default keeps the raw ε;
@@ -244,7 +247,7 @@ def reverse(model, process: NoiseProcess, x: torch.Tensor, t_start, *, sampler: 
             x = xs
         else:
             x[idx] = xs
-    return x.clamp(-1, 1)
+    return x.clamp(-1, 1) if model.clip else x
 
 
 def _step_noise(x: torch.Tensor, idx, masked: bool, generator) -> torch.Tensor:
@@ -279,7 +282,7 @@ def _predict_eps(model, x, t, autocast, max_batch):
     outs = []
     for s in chunks:
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
-            outs.append(model(x[s], t[s]).sample.float())
+            outs.append(model.output(x[s], t[s]).float())
     return torch.cat(outs) if len(outs) > 1 else outs[0]
 
 
@@ -288,8 +291,9 @@ def sample(model, process: NoiseProcess, n: int, *, shape: tuple[int, int, int],
            device: torch.device | str = "cpu", autocast: bool = False,
            guidance: Guidance | None = None, guidance_scale: float = 0.0,
            progress: bool = True, runner: EpsRunner | None = None) -> np.ndarray:
-    """Draw ``n`` images from pure noise; returns uint8 (n, H, W) or (n, H, W, C). A
-    ``runner`` (the fixed-shape fast path) pads the last batch; the images are the same."""
+    """Draw ``n`` images from pure noise in the process's space (``shape``), decoded by
+    ``model.decode``; returns uint8 (n, H, W) or (n, H, W, C). A ``runner`` (the fixed-shape
+    fast path) pads the last batch; the images are the same."""
     from tqdm.auto import tqdm
 
     device = torch.device(device)
@@ -302,5 +306,5 @@ def sample(model, process: NoiseProcess, n: int, *, shape: tuple[int, int, int],
         x0 = reverse(model, process, x, t0, sampler=sampler, steps=steps, generator=gen,
                      guidance=guidance, guidance_scale=guidance_scale, autocast=autocast,
                      runner=runner)
-        out.append(to_uint8(x0))
+        out.append(to_uint8(model.decode(x0)))
     return np.concatenate(out) if out else np.zeros((0, *shape), np.uint8)

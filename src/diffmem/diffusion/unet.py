@@ -45,11 +45,17 @@ def save_model(model, weights_path: str | os.PathLike, config_path: str | os.Pat
 
 def load_model(weights_path: str | os.PathLike, config_path: str | os.PathLike,
                device: torch.device | str = "cpu"):
-    """Rebuild the U-Net from its JSON config and load safetensors weights (no pickle)."""
+    """The :class:`~diffmem.diffusion.denoiser.Denoiser` of a saved model: the U-Net rebuilt from
+    its JSON config, safetensors weights (no pickle) loaded strictly, and the noise process of
+    its ``diffusion`` settings; and the JSON."""
     from diffusers import UNet2DModel
 
+    from .denoiser import Denoiser
+    from .process import NoiseProcess
+
     meta = json.loads(Path(config_path).read_text())
-    model = UNet2DModel.from_config(meta["unet"])
+    net = UNet2DModel.from_config(meta["unet"])
     state, _ = load_safetensors(weights_path)
-    model.load_state_dict(state)
-    return model.to(device).eval(), meta
+    net.load_state_dict(state, strict=True)
+    process = NoiseProcess.from_config(meta["diffusion"])
+    return Denoiser(net, process).to(device).eval(), meta

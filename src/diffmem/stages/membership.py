@@ -18,7 +18,6 @@ from ..attacks.membership import (
 )
 from ..device import resolve_device
 from ..diffusion.process import NoiseProcess
-from ..diffusion.sampler import predict_eps
 from ..diffusion.unet import load_model
 from ..io import load_json, load_npz, save_csv, save_figure, save_json, save_npz
 from ..metrics.stats import untested
@@ -57,7 +56,7 @@ def membership_stage(*, weights: str, model_config: str, train_npz: str, heldout
     t_fracs = [float(f) for f in cfg.get("t_fractions", [0.02, 0.05, 0.1])]
 
     def eps_fn(x_t, t):
-        return predict_eps(model, process, x_t, t, autocast)
+        return model.eps(x_t, t, autocast=autocast)
 
     kw = dict(draws=int(cfg.get("draws", 4)), seed=seed,
               batch_size=int(cfg.get("batch_size", 512)), device=dev)
