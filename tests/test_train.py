@@ -280,7 +280,7 @@ def test_samples_match_diffusers_pipelines(trained_pair, sampler, steps):
     ours = sample(model, process, 256, shape=(1, 28, 28), sampler=sampler, steps=steps,
                   batch_size=256, seed=0, progress=False) / 255.0
     pipe = (DDIMPipeline if sampler == "ddim" else DDPMPipeline)(
-        unet=model, scheduler=process.scheduler(sampler))
+        unet=model.net, scheduler=process.scheduler(sampler))
     pipe.set_progress_bar_config(disable=True)
     kw = {"eta": 0.0, "use_clipped_model_output": True} if sampler == "ddim" else {}
     ref = pipe(batch_size=256, generator=torch.Generator().manual_seed(5),

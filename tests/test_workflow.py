@@ -107,7 +107,7 @@ def test_every_output_and_the_report(finished):
     eye = side["copy_eye"]
     assert eye["checked"] and eye["train_images"] == 64 and len(eye["families"]) == 13
     assert {f["family"] for f in eye["families"] if not f["trained"]} == {
-        "elastic warp", "rotated 25°", "cutout of 10 %"}
+        "shifted 4 px", "gamma 0.7", "elastic warp", "rotated 25°", "cutout of 10 %"}
     assert all(0 <= f["recall_combined"] <= 1 for f in eye["families"])
     copy_test = side["tests"]["plain_copies"]
     assert copy_test["smallest_recall"] == min(f["recall_combined"] for f in eye["families"])
@@ -587,6 +587,9 @@ def test_the_trend_table_answers_as_the_verdict_does(finished, tmp_path):
     verdict = verdict[verdict["run"] == "breastmnist N=64 seed 0"].reset_index(drop=True)
     mine = df[(df["N"] == 64) & (df["question"] != "reproductions")].reset_index(drop=True)
     assert len(mine) == len(verdict) == 4
+    assert mine["question"].tolist() == ["copies", "SIDE vs plain", "membership", "walk-back"]
+    assert [q.split()[:2] for q in verdict["question"]] == [
+        ["does", "plain"], ["does", "SIDE"], ["can", "training"], ["does", "the"]]
     for a, b in zip(mine.to_dict("records"), verdict.to_dict("records"), strict=True):
         assert a["answer"] == b["answer"]
         assert a["value"] == pytest.approx(b["value"]) and a["effect"] == pytest.approx(

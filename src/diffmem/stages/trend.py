@@ -15,9 +15,9 @@ from ..metrics.stats import NO_NULL, UNLIKE, decide, size_to_decide, wilson
 from ..plotting import plt
 from .verdict import _num, walk_back_test
 
-# the verdict's questions, in the table's order, with a short column name each
-QUESTIONS = {"plain_copies": "copies", "membership": "membership", "walks_back": "walk-back",
-             "side_extracts_more": "SIDE vs plain"}
+# the verdict's questions, in its order (rules/verdict.smk), with a short column name each
+QUESTIONS = {"plain_copies": "copies", "side_extracts_more": "SIDE vs plain",
+             "membership": "membership", "walks_back": "walk-back"}
 COLOURS = {"yes": "tab:red", "no": "tab:green", "inconclusive": "0.5", UNLIKE: "tab:purple",
            NO_NULL: "0.5"}
 SIZE_WORDS = {"plain_copies": ("generated images", "unseen images"),
