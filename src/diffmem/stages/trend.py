@@ -5,49 +5,34 @@ inconclusive, the sizes that would decide it (see README, Results)."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 
 from ..io import load_json, save_csv, save_figure, save_text
-from ..metrics.stats import NO_NULL, UNLIKE, decide, size_to_decide, wilson
+from ..metrics.stats import NO_NULL, UNLIKE, size_to_decide, wilson
 from ..plotting import plt
-from .verdict import _num, walk_back_test
+from .verdict import _num, answer, run_tests
 
 # the verdict's questions, in its order (rules/verdict.smk), with a short column name each
 QUESTIONS = {"plain_copies": "copies", "side_extracts_more": "SIDE vs plain",
              "membership": "membership", "walks_back": "walk-back"}
+# an answer's colour in the figure; any other ("neither …") is drawn as inconclusive
 COLOURS = {"yes": "tab:red", "no": "tab:green", "inconclusive": "0.5", UNLIKE: "tab:purple",
-           NO_NULL: "0.5"}
+           NO_NULL: "0.5", "above 1/N": "tab:red", "below 1/N": "tab:green"}
 SIZE_WORDS = {"plain_copies": ("generated images", "unseen images"),
               "membership": ("training images", "unseen images"),
-              "walks_back": ("reverse runs per t of the target", "of the controls together"),
               "side_extracts_more": ("SIDE images", "plain samples")}
 
 
 def _answers(metrics: str, membership: str, boundary: str, alpha: float) -> dict:
     """Each question's test as the verdict reads it (its answer included), by key."""
-    tests = dict(load_json(metrics)["tests"])
-    tests["membership"] = load_json(membership)
-    b = load_json(boundary)
-    if "t50_control" in b:
-        tests["walks_back"] = walk_back_test(b)
-    out = {}
-    for key in QUESTIONS:
-        if key in tests:
-            t = tests[key]
-            out[key] = t | {"answer": _answer(t, alpha)}
+    tests = run_tests(metrics, membership, boundary)
+    out = {key: tests[key] | {"answer": answer(tests[key], alpha)}
+           for key in QUESTIONS if key in tests}
     pixel = tests.get("plain_copies_pixel")
     if pixel and "plain_copies" in out:
-        out["plain_copies"]["pixel_answer"] = _answer(pixel, alpha)
+        out["plain_copies"]["pixel_answer"] = answer(pixel, alpha)
     return out
-
-
-def _answer(t: dict, alpha: float) -> str:
-    """The verdict's answer of one test (as rules/verdict.smk gives it)."""
-    return t.get("answer") or decide(t, alpha=alpha, margin=t["margin"],
-                                     null_effect=t["null_effect"])
 
 
 def _decide_text(key: str, t: dict, alpha: float) -> str:
@@ -59,10 +44,10 @@ def _decide_text(key: str, t: dict, alpha: float) -> str:
     s = size_to_decide(t, alpha=alpha)
     if s["direction"] is None:
         return s["why"]
-    first, second = SIZE_WORDS[key]
-    if key == "walks_back":
+    if key == "walks_back":  # its sizes: the reverse runs per t (the controls' count is fixed)
         return (f"about {s['factor']:.1f}× the reverse runs per t ({s['n']} instead of "
                 f"{t['n']}) would answer {s['direction']}, if the t50s held")
+    first, second = SIZE_WORDS[key]
     return (f"about {s['factor']:.1f}× these sizes ({s['n']} {first}, {s['null_n']} "
             f"{second}) would answer {s['direction']}, if the estimate held")
 
@@ -158,21 +143,14 @@ def trend_figure(df: pd.DataFrame, path: str) -> None:
             for r in g.sort_values(["N", "seed"]).to_dict("records"):
                 # seeds side by side around N (log-spaced jitter)
                 x = r["N"] * 1.08 ** (seeds.index(r["seed"]) - (len(seeds) - 1) / 2)
-                c = COLOURS.get(r["answer"].split(" (")[0], {"above 1/N": COLOURS["yes"],
-                                                              "below 1/N": COLOURS["no"]}.get(
-                    r["answer"], COLOURS["inconclusive"]))
-                if q in ("walk-back", "SIDE vs plain", "membership"):
-                    # the interval is around the effect; put it back around the value
-                    shift = r["value"] - r["effect"]
-                else:
-                    shift = r["null"] if q == "copies" else 1 / r["N"]
+                c = COLOURS.get(r["answer"], COLOURS["inconclusive"])
+                # the interval is the effect's (value minus what it is compared with): put it
+                # back around the value
+                shift = r["value"] - r["effect"]
                 lo, hi = r["ci_low"] + shift, r["ci_high"] + shift
                 ax.errorbar([x], [r["value"]], yerr=[[r["value"] - lo], [hi - r["value"]]],
                             fmt="o", color=c, ms=5, capsize=2)
-                if r["null"] is not None and not (isinstance(r["null"], float) and
-                                                  math.isnan(r["null"])):
-                    if q == "reproductions":
-                        continue
+                if q != "reproductions" and pd.notna(r["null"]):  # 1/N is drawn as a line
                     ax.plot([x], [r["null"]], "o", mfc="none", color="0.3", ms=5)
             if q == "reproductions":
                 ns = np.array(sorted(g["N"].unique()), dtype=float)
@@ -188,8 +166,6 @@ def trend_figure(df: pd.DataFrame, path: str) -> None:
         ax.grid(alpha=0.3)
     handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=a)
                for a, c in COLOURS.items() if a in set(df["answer"])]
-    handles += [plt.Line2D([], [], marker="o", ls="", color=COLOURS["yes"], label="above 1/N")
-                ] if "above 1/N" in set(df["answer"]) else []
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8,
                frameon=False)
     fig.tight_layout(rect=(0, 0.07, 1, 1))

@@ -60,6 +60,22 @@ def walk_back_test(b: dict) -> dict:
             "n": b["m"], "null_n": b["m"] * len(b["t50_control"]), "answer": b["walks_back"]}
 
 
+def run_tests(metrics: str, membership: str, boundary: str | None) -> dict:
+    """One run's tests by key, as the verdict reads them: the scores JSON's, membership's and,
+    where the boundary search had controls, the walk-back's."""
+    tests = dict(load_json(metrics)["tests"])
+    tests["membership"] = load_json(membership)
+    b = load_json(boundary) if boundary else {}
+    if "t50_control" in b:
+        tests["walks_back"] = walk_back_test(b)
+    return tests
+
+
+def answer(t: dict, alpha: float) -> str:
+    """A test's answer: its own where it has one (no null), else :func:`decide`'s."""
+    return decide(t, alpha=alpha, margin=t["margin"], null_effect=t["null_effect"])
+
+
 def verdict_rows(runs: list, metrics: list[str], membership: list[str], alpha: float,
                  boundaries: list[str] | None = None, generated: dict | None = None) -> list:
     """One row per run and question; ``generated`` (name → scores JSON): one copy row per
@@ -68,11 +84,8 @@ def verdict_rows(runs: list, metrics: list[str], membership: list[str], alpha: f
     boundaries = boundaries or [None] * len(runs)
     for run, mp, bp, wp in zip(runs, metrics, membership, boundaries, strict=True):
         dataset, n, seed = (f"models/{run}", None, None) if isinstance(run, str) else run
-        tests = dict(load_json(mp)["tests"])
+        tests = run_tests(mp, bp, wp)
         pixel = tests.get("plain_copies_pixel")
-        tests["membership"] = load_json(bp)
-        if wp and "t50_control" in load_json(wp):
-            tests["walks_back"] = walk_back_test(load_json(wp))
         for key in ANSWER_ORDER:
             if key not in tests:
                 continue
@@ -90,13 +103,11 @@ def _row(label: str, dataset: str, n, seed, t: dict, alpha: float,
     """One verdict row; a copy row also carries the pixel match's answer alone (``pixel``) and
     the copy eye's smallest recall in its own check."""
     return {"run": label, "dataset": dataset, "N": None if n is None else int(n),
-            "pixel_only_answer": None if pixel is None else decide(
-                pixel, alpha=alpha, margin=pixel["margin"], null_effect=pixel["null_effect"]),
+            "pixel_only_answer": None if pixel is None else answer(pixel, alpha),
             "smallest_recall": t.get("smallest_recall"),
             "smallest_recall_family": t.get("smallest_recall_family"),
             "seed": None if seed is None else int(seed), "question": t["question"],
-            "answer": t.get("answer") or decide(t, alpha=alpha, margin=t["margin"],
-                                                null_effect=t["null_effect"]),
+            "answer": answer(t, alpha),
             "primary statistic": t["statistic"],
             "value": t["value"] if "value" in t else t["effect"], "null": t["null_value"],
             "effect": t["effect"], "ci_low": t["ci_low"], "ci_high": t["ci_high"],
