@@ -25,6 +25,18 @@ from .errors import DataError
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
+def file_digest(path: str | os.PathLike) -> str:
+    """The first 16 hex digits of a file's sha256, read in 4 MB blocks (a weights file of
+    several GB is never held in memory whole)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it into place only if the block succeeds."""

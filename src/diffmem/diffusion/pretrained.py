@@ -415,21 +415,17 @@ def inspect_model_folder(folder: str | Path) -> dict:
 
 
 def files_digest(files: list[str]) -> str:
-    """A digest of the contents of every file the import reads (sha256 over each file's bytes,
-    in order): a param of ``import_model``, so that a weights file replaced by an older one
-    (``cp -p``, ``rsync -a``, ``mv``: its modification time gives Snakemake no reason) or a
-    folder link re-pointed to another model re-runs the import. Read once when the DAG is built
-    (about a second per GB)."""
+    """A digest of the contents of every file the import reads (each file's
+    :func:`~diffmem.io.file_digest`, in order): a param of ``import_model``, so that a weights
+    file replaced by an older one (``cp -p``, ``rsync -a``, ``mv``: its modification time gives
+    Snakemake no reason) or a folder link re-pointed to another model re-runs the import. Read
+    once when the DAG is built (about a second per GB)."""
     import hashlib
 
-    total = hashlib.sha256()
-    for f in files:
-        h = hashlib.sha256()
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                h.update(block)
-        total.update(f"{Path(f).name}:{h.hexdigest()};".encode())
-    return total.hexdigest()[:16]
+    from ..io import file_digest
+
+    return hashlib.sha256(";".join(f"{Path(f).name}:{file_digest(f)}" for f in files)
+                          .encode()).hexdigest()[:16]
 
 
 def diffusion_from_scheduler(cfg: dict, where: str = "scheduler") -> dict:

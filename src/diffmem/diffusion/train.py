@@ -42,9 +42,6 @@ def settings_digest(*parts) -> str:
     return h.hexdigest()[:16]
 
 
-def file_digest(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-
 
 def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
     """AdamW state as flat tensors + JSON-able rest, so it can live in safetensors."""

@@ -10,9 +10,9 @@ import torch
 from ..device import gpu_peak_gib, resolve_device
 from ..diffusion.process import NoiseProcess
 from ..diffusion.sampler import fast_runner, sample
-from ..diffusion.train import file_digest, train
+from ..diffusion.train import train
 from ..diffusion.unet import load_model, save_model
-from ..io import load_npz, save_csv, save_figure, save_json, save_npz
+from ..io import file_digest, load_npz, save_csv, save_figure, save_json, save_npz
 from ..plotting import image_grid, plt
 
 

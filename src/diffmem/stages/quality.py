@@ -3,11 +3,8 @@ images, see :mod:`diffmem.metrics.fid`)."""
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
 from ..device import resolve_device
-from ..io import load_npz, save_json
+from ..io import file_digest, load_npz, save_json
 from ..metrics.fid import build_inception, frechet_distance, gaussian_stats, inception_features
 
 
@@ -35,7 +32,7 @@ def sample_quality_stage(*, samples_npz: str, train_npz: str, heldout_npz: str, 
              for k, v in (("samples", samples), ("train", train), ("heldout", heldout))}
     result["fid_train"] = round(frechet_distance(*stats["samples"], *stats["train"]), 3)
     result["fid_test"] = round(frechet_distance(*stats["samples"], *stats["heldout"]), 3)
-    result["inception_sha256"] = hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:16]
+    result["inception_sha256"] = file_digest(weights)
     if min(len(samples), len(train), len(heldout)) < 2048:
         result["note"] = ("fewer images than feature dimensions (2048): the covariances are "
                           "singular and FID is biased upwards; compare only equal set sizes")
