@@ -144,7 +144,7 @@ def test_sharded_safetensors_are_all_read_and_give_the_same_model(pipeline_dir, 
         {"weight_map": {k: name for name, ks in shards.items() for k in ks}}))
     info = inspect_model_folder(pipeline_dir)
     assert [p.name for p in info["weights"]] == ["a.safetensors", "b.safetensors"]
-    model, _ = load_pretrained(pipeline_dir)
+    model, _, _ = load_pretrained(pipeline_dir)
     for k, v in state.items():
         torch.testing.assert_close(model.state_dict()[k], v)
 

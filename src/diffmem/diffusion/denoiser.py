@@ -15,6 +15,7 @@ model it holds; it asks the :class:`Denoiser`:
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .process import NoiseProcess
@@ -52,3 +53,61 @@ class Denoiser(torch.nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """The process's space back to images in [-1, 1]."""
         return z
+
+
+class LatentDenoiser(Denoiser):
+    """A latent model: the U-Net's process runs on z = scale · (E(x) − shift), the autoencoder's
+    latents, and images are D(z / scale + shift).
+
+    * :meth:`encode`: for an ``AutoencoderKL`` the posterior mean (``latent_dist.mode()``), as
+      CopyMark and the SimA authors encode members of latent models; for a ``VQModel`` the
+      pre-quantization latents (``encode(x).latents``), the decoder quantizing, as diffusers'
+      LDMPipeline decodes what its U-Net samples.
+    * ``clip``: whether the scheduler clips x̂₀ (``clip_sample``; latent schedulers set it
+      false): latents are otherwise unclipped, and images are clipped after decoding.
+    """
+
+    latent = True
+
+    def __init__(self, net: torch.nn.Module, process: NoiseProcess, autoencoder: torch.nn.Module,
+                 *, kind: str, scale: float, shift: float = 0.0, clip: bool = False):
+        super().__init__(net, process, clip=clip)
+        self.autoencoder, self.kind = autoencoder, kind
+        size = net.config.sample_size
+        size = int(size[0] if isinstance(size, (list, tuple)) else size)
+        self.latent_shape = (int(net.config.in_channels), size, size)
+        self.scale, self.shift = float(scale), float(shift)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.autoencoder.encode(x.to(next(self.autoencoder.parameters()).dtype))
+        z = out.latent_dist.mode() if self.kind == "AutoencoderKL" else out.latents
+        return ((z - self.shift) * self.scale).float()
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.autoencoder.decode(z / self.scale + self.shift).sample.float().clamp(-1, 1)
+
+
+def encode_images(model: Denoiser, images: np.ndarray, device, batch_size: int = 256):
+    """uint8 images → what the model's process runs on: the images themselves for a pixel model
+    (unchanged, uint8), float32 latents z = scale · E(x) for a latent one."""
+    if not model.latent:
+        return images
+    from ..device import to_tensor
+
+    out = [model.encode(to_tensor(images[i:i + batch_size], device)).cpu().numpy()
+           for i in range(0, len(images), batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, *model.latent_shape), np.float32)
+
+
+def reconstruct(model: Denoiser, images: np.ndarray, device, batch_size: int = 256):
+    """D(E(x)) as uint8 images: what the images look like through a latent model's autoencoder
+    (the images themselves for a pixel model)."""
+    if not model.latent:
+        return images
+    from ..device import to_tensor, to_uint8
+
+    out = [to_uint8(model.decode(model.encode(to_tensor(images[i:i + batch_size], device))))
+           for i in range(0, len(images), batch_size)]
+    return np.concatenate(out) if out else images[:0]

@@ -1,8 +1,15 @@
-"""Models the workflow did not train: a pixel-space diffusers model saved with ``save_pretrained``.
+"""Models the workflow did not train: a diffusers model saved with ``save_pretrained``.
 
 Accepted: a ``DDPMPipeline`` / ``DDIMPipeline`` folder (``model_index.json``, ``unet/``,
 ``scheduler/``), or a ``UNet2DModel`` folder with a scheduler config beside it
-(``scheduler_config.json`` in it, or a ``scheduler/`` folder in it or next to it).
+(``scheduler_config.json`` in it, or a ``scheduler/`` folder in it or next to it); and a latent
+``LDMPipeline`` folder: ``unet/`` + ``scheduler/`` + an autoencoder, ``vqvae/`` (a ``VQModel``,
+as diffusers' LDMPipeline saves it) or ``vae/`` (an ``AutoencoderKL``; diffusers has no
+unconditional pipeline class for it, so such a folder's ``model_index.json`` carries
+``"_class_name": "LDMPipeline"`` too). ``LDMPipeline`` itself is never imported (it lives in
+``diffusers.pipelines.deprecated``): each module is built from its config and loaded strictly.
+Older folders name attention tensors ``query``/``key``/``value``/``proj_attn``; they are renamed
+as diffusers' loader renames them (:func:`rename_old_attention`, a plain key map).
 
 What the audit loads is exactly what the folder holds, and nothing a user gives is unpickled:
 
@@ -48,6 +55,11 @@ MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the JSON header
 WEIGHT_DTYPES = ("F16", "BF16", "F32", "F64")
 CONVERT = ("convert it once where you trust it: UNet2DModel.from_pretrained(dir)"
            ".save_pretrained(dir, safe_serialization=True)")
+LATENT_PIPELINES = ("LDMPipeline",)
+AUTOENCODERS = {"vqvae": "VQModel", "vae": "AutoencoderKL"}  # folder → the class it holds
+# diffusers' default latent scale (VQModel's and AutoencoderKL's scaling_factor) when a config
+# has none: the scale LDMPipeline then divides latents by
+DEFAULT_LATENT_SCALE = 0.18215
 
 # the blocks diffusers' UNet2DModel builds without a conditioning input (cross-attention and
 # the latent encoder/decoder blocks need one, or are not a denoiser)
@@ -113,6 +125,40 @@ SCHEDULER_SCHEMA = {
         "set_alpha_to_one": {"type": "boolean"},
         "steps_offset": {"type": "integer", "minimum": 0},
         "timestep_spacing": {"type": "string"},
+    },
+}
+
+
+AE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "in_channels": {"type": "integer", "minimum": 1, "maximum": 4},
+        "out_channels": {"type": "integer", "minimum": 1, "maximum": 4},
+        "block_out_channels": {"type": "array", "items": _CHANNELS, "minItems": 1,
+                               "maxItems": 8},
+        "layers_per_block": {"type": "integer", "minimum": 1, "maximum": 16},
+        "down_block_types": {"type": "array", "items": {"enum": ["DownEncoderBlock2D"]},
+                             "minItems": 1},
+        "up_block_types": {"type": "array", "items": {"enum": ["UpDecoderBlock2D"]},
+                           "minItems": 1},
+        "act_fn": {"enum": ["silu", "swish", "mish", "gelu", "relu"]},
+        "latent_channels": {"type": "integer", "minimum": 1, "maximum": 64},
+        "norm_num_groups": _CHANNELS,
+        "sample_size": {"oneOf": [{"type": "integer", "minimum": 1, "maximum": 4096},
+                                  {"type": "array", "items": _INT}]},
+        "scaling_factor": {"type": "number", "exclusiveMinimum": 0, "maximum": 1000},
+        "shift_factor": {"oneOf": [{"type": "null"},
+                                   {"type": "number", "minimum": -1000, "maximum": 1000}]},
+        # per-channel latent statistics (SDXL-style) are applied by pipelines, not the model
+        "latents_mean": {"type": "null"}, "latents_std": {"type": "null"},
+        "force_upcast": {"type": "boolean"}, "use_quant_conv": {"type": "boolean"},
+        "use_post_quant_conv": {"type": "boolean"},
+        "mid_block_add_attention": {"type": "boolean"},
+        "num_vq_embeddings": {"type": "integer", "minimum": 2, "maximum": 1_048_576},
+        "vq_embed_dim": {"oneOf": [{"type": "null"},
+                                   {"type": "integer", "minimum": 1, "maximum": 64}]},
+        "norm_type": {"enum": ["group"]},
+        "lookup_from_codebook": {"type": "boolean"},
     },
 }
 
@@ -276,7 +322,7 @@ INDEXES = ("diffusion_pytorch_model.safetensors.index.json",
            "diffusion_pytorch_model.bin.index.json")
 
 
-def weight_files(unet_dir: Path) -> list[Path]:
+def weight_files(unet_dir: Path, cls: str = "UNet2DModel") -> list[Path]:
     """The safetensors files holding the U-Net: the one file, or every shard its index names
     (each a safetensors file inside the folder). Anything that would be unpickled is refused;
     a variant's files (``diffusion_pytorch_model.fp16.safetensors``, its shard index) are not
@@ -295,7 +341,7 @@ def weight_files(unet_dir: Path) -> list[Path]:
                 if not shard.endswith(".safetensors"):
                     raise ModelFolderError(f"{index} names the shard {shard}, which is not "
                                            f"safetensors; diffmem never unpickles a user's "
-                                           f"file: {CONVERT}")
+                                           f"file: {_convert(cls)}")
             maps[index] = weight_map
         if len(indexes) > 1 or single.exists():
             found = [p.name for p in indexes] + ([single.name] if single.exists() else [])
@@ -323,7 +369,7 @@ def weight_files(unet_dir: Path) -> list[Path]:
     pickled = sorted(p.name for p in unet_dir.iterdir() if p.suffix in PICKLED)
     if pickled:
         raise ModelFolderError(f"{unet_dir / pickled[0]} is pickled and diffmem never unpickles "
-                               f"a user's file; {CONVERT}")
+                               f"a user's file; {_convert(cls)}")
     others = sorted(p.name for p in [*unet_dir.glob("*.safetensors"),
                                      *unet_dir.glob("diffusion_pytorch_model*.index.json")])
     raise ModelFolderError(f"no {WEIGHTS} in {unet_dir}"
@@ -331,11 +377,16 @@ def weight_files(unet_dir: Path) -> list[Path]:
                               f"one to audit under that name)" if others else ""))
 
 
+def _convert(cls: str) -> str:
+    return CONVERT.replace("UNet2DModel", cls)
+
+
 def check_unet_config(unet: dict, path: Path) -> None:
     """The U-Net config against :data:`UNET_SCHEMA` and what diffusers needs of it together."""
     if unet.get("_class_name") != "UNet2DModel":
         raise ModelFolderError(f"{path} describes a {unet.get('_class_name')}; only the "
-                               f"unconditional UNet2DModel is supported")
+                               f"unconditional 2D UNet2DModel is supported (conditional and 3D "
+                               f"U-Nets are not, yet)")
     check_schema(unet, UNET_SCHEMA, path)
     blocks = unet.get("block_out_channels", [224, 448, 672, 896])
     for key in ("down_block_types", "up_block_types"):
@@ -382,16 +433,18 @@ def inspect_model_folder(folder: str | Path) -> dict:
     if not folder.is_dir():
         raise ModelFolderError(f"model folder not found: {folder}")
     index = folder / "model_index.json"
-    files = []
+    files, autoencoder = [], None
     if index.exists():
         cls = _json(index).get("_class_name")
-        if cls not in PIPELINES:
+        if cls not in PIPELINES + LATENT_PIPELINES:
             raise ModelFolderError(
-                f"{index} describes a {cls}: diffmem audits unconditional pixel-space diffusion "
-                f"models ({', '.join(PIPELINES)} or a UNet2DModel folder); conditional and "
-                f"latent pipelines are not supported")
+                f"{index} describes a {cls}: diffmem audits unconditional 2D diffusion models "
+                f"({', '.join(PIPELINES + LATENT_PIPELINES)} or a UNet2DModel folder); "
+                f"conditional and 3D pipelines are not supported yet")
         unet_dir, sched = folder / "unet", folder / "scheduler" / "scheduler_config.json"
         files.append(index)
+        if cls in LATENT_PIPELINES:
+            autoencoder = inspect_autoencoder(folder, index)
     else:
         unet_dir = folder
         candidates = [folder / "scheduler_config.json", folder / "scheduler" /
@@ -410,8 +463,85 @@ def inspect_model_folder(folder: str | Path) -> dict:
     scheduler = _json(sched)
     check_scheduler_config(scheduler, sched)
     files += [cfg_path, *weights, sched]
+    if autoencoder:
+        check_latent_unet(unet, cfg_path, autoencoder)
+        files += [autoencoder["config_path"], *autoencoder["weights"]]
     return {"unet_dir": unet_dir, "weights": weights, "unet": unet, "scheduler": scheduler,
-            "scheduler_path": sched, "files": [str(f) for f in files]}
+            "scheduler_path": sched, "autoencoder": autoencoder,
+            "files": [str(f) for f in files]}
+
+
+def inspect_autoencoder(folder: Path, index: Path) -> dict:
+    """The autoencoder of a latent folder (``vqvae/`` or ``vae/``, exactly one): its config
+    against :data:`AE_SCHEMA` and its weights' headers, checked as JSON and bytes."""
+    present = [d for d in AUTOENCODERS if (folder / d).is_dir()]
+    if len(present) != 1:
+        raise ModelFolderError(f"{index} describes a latent pipeline; expected one autoencoder "
+                               f"folder, vqvae/ (VQModel) or vae/ (AutoencoderKL), in {folder}, "
+                               f"found {present or 'none'}")
+    ae_dir = folder / present[0]
+    cfg_path = ae_dir / "config.json"
+    if not cfg_path.exists():
+        raise ModelFolderError(f"no {cfg_path.name} in {ae_dir}: expected the autoencoder's "
+                               f"save_pretrained folder")
+    cfg = _json(cfg_path)
+    cls = cfg.get("_class_name")
+    if cls != AUTOENCODERS[present[0]]:
+        raise ModelFolderError(f"{cfg_path} describes a {cls}; expected "
+                               f"{AUTOENCODERS[present[0]]} in {present[0]}/")
+    check_schema(cfg, AE_SCHEMA, cfg_path)
+    blocks = cfg.get("block_out_channels", [64])
+    for key in ("down_block_types", "up_block_types"):
+        if key in cfg and len(cfg[key]) != len(blocks):
+            raise ModelFolderError(f"{cfg_path}: {key} has {len(cfg[key])} blocks for "
+                                   f"{len(blocks)} block_out_channels; expected as many")
+    groups = cfg.get("norm_num_groups", 32)
+    odd = [c for c in blocks if c % groups]
+    if odd:
+        raise ModelFolderError(f"{cfg_path}: norm_num_groups {groups} does not divide "
+                               f"block_out_channels {odd}")
+    channels = cfg.get("in_channels", 3)
+    if channels not in (1, 3) or cfg.get("out_channels", 3) != channels:
+        raise ModelFolderError(f"{cfg_path}: an autoencoder of {channels} input and "
+                               f"{cfg.get('out_channels', 3)} output channels; expected 1 or 3 "
+                               f"of each (grey or RGB images)")
+    latent = cfg.get("latent_channels", 3 if cls == "VQModel" else 4)
+    if cls == "VQModel" and cfg.get("vq_embed_dim") is not None:
+        latent = cfg["vq_embed_dim"]  # the U-Net works on the quantizer's input
+    scale = cfg.get("scaling_factor")
+    return {"dir": ae_dir, "config_path": cfg_path, "config": cfg, "class": cls,
+            "weights": weight_files(ae_dir, cls), "latent_channels": int(latent),
+            "factor": 2 ** (len(blocks) - 1), "channels": int(channels),
+            "scale": float(scale) if scale is not None else DEFAULT_LATENT_SCALE,
+            "scale_source": f"{present[0]}/config.json scaling_factor" if scale is not None
+            else f"diffusers' default {DEFAULT_LATENT_SCALE} ({present[0]}/config.json has no "
+                 f"scaling_factor)",
+            "shift": float(cfg.get("shift_factor") or 0.0)}
+
+
+def check_latent_unet(unet: dict, path: Path, ae: dict) -> None:
+    """The U-Net works on the autoencoder's latents: as many channels in and out."""
+    cin, cout = unet.get("in_channels", 3), unet.get("out_channels", 3)
+    if cin != ae["latent_channels"] or cout != cin:
+        raise ModelFolderError(f"{path}: a U-Net of {cin} input and {cout} output channels on "
+                               f"the {ae['latent_channels']}-channel latents of "
+                               f"{ae['config_path']}; expected {ae['latent_channels']} of each")
+
+
+def rename_old_attention(state: dict) -> dict:
+    """Attention tensors under their pre-0.15 names (``…attentions.N.query/key/value/
+    proj_attn.{weight,bias}``) renamed to ``to_q/to_k/to_v/to_out.0``, as diffusers' loader
+    (``ModelMixin._fix_state_dict_keys_on_load``) renames them for U-Nets and autoencoders: a
+    plain key map, no code from the folder run."""
+    import re
+
+    names = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+    pattern = re.compile(r"^(.*\.attentions\.\d+)\.(query|key|value|proj_attn)\.(weight|bias)$")
+    out = {}
+    for k, v in state.items():
+        m = pattern.match(k)
+        out[f"{m[1]}.{names[m[2]]}.{m[3]}" if m else k] = v
+    return out
 
 
 def files_digest(files: list[str]) -> str:
@@ -428,9 +558,10 @@ def files_digest(files: list[str]) -> str:
                           .encode()).hexdigest()[:16]
 
 
-def diffusion_from_scheduler(cfg: dict, where: str = "scheduler") -> dict:
+def diffusion_from_scheduler(cfg: dict, where: str = "scheduler", latent: bool = False) -> dict:
     """The NoiseProcess settings of a diffusers DDPM/DDIM scheduler config, or one line naming
-    the first setting the workflow does not support."""
+    the first setting the workflow does not support. A ``latent`` model's scheduler may leave
+    its samples unclipped (``clip_sample: false``, as latent pipelines' schedulers do)."""
     cls = cfg.get("_class_name")
     if cls not in SCHEDULERS:
         raise ModelFolderError(f"{where}: {cls} is not supported; expected one of {SCHEDULERS} "
@@ -447,7 +578,8 @@ def diffusion_from_scheduler(cfg: dict, where: str = "scheduler") -> dict:
         if cfg.get(key):
             raise ModelFolderError(f"{where}: {key}: true is not supported")
     # the workflow's reverse steps clip x̂_0 to [-1, 1], as diffusers' default clip_sample does
-    if cfg.get("clip_sample", True) is False or float(cfg.get("clip_sample_range", 1.0)) != 1.0:
+    clips = cfg.get("clip_sample", True) is not False
+    if (not clips and not latent) or (clips and float(cfg.get("clip_sample_range", 1.0)) != 1.0):
         raise ModelFolderError(f"{where}: clip_sample: false / clip_sample_range ≠ 1 is not "
                                f"supported; the workflow's sampler clips x0 to [-1, 1]")
     betas = cfg.get("trained_betas")
@@ -484,7 +616,7 @@ def load_state(files: list[Path]) -> dict:
     return state
 
 
-def strict_load(model, state: dict, where: str) -> None:
+def strict_load(model, state: dict, where: str, what: str = "U-Net") -> None:
     """``load_state_dict(strict=True)``, with one line naming the first few keys that do not
     match instead of torch's multi-line report."""
     want = model.state_dict()
@@ -492,31 +624,61 @@ def strict_load(model, state: dict, where: str) -> None:
     unexpected = [k for k in state if k not in want]
     shaped = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in want.items()
               if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    problems = [f"{len(items)} {what} ({', '.join(items[:3])}{', …' if len(items) > 3 else ''})"
-                for what, items in (("missing", missing), ("unexpected", unexpected),
+    problems = [f"{len(items)} {kind} ({', '.join(items[:3])}{', …' if len(items) > 3 else ''})"
+                for kind, items in (("missing", missing), ("unexpected", unexpected),
                                     ("mis-shaped, file vs config", shaped)) if items]
     if problems:
-        raise ModelFolderError(f"{where}: the weights do not match the U-Net its config "
+        raise ModelFolderError(f"{where}: the weights do not match the {what} its config "
                                f"describes: tensors {'; '.join(problems)}")
     model.load_state_dict(state, strict=True)
 
 
 def load_pretrained(folder: str | Path):
-    """The folder's U-Net, built from its config and loaded strictly from safetensors, and the
-    settings that go with it: the mapped noise process and where it came from."""
+    """The folder's U-Net (and a latent folder's autoencoder), each built from its config and
+    loaded strictly from safetensors, and the settings that go with them: the mapped noise
+    process, where it came from and, for a latent model, the ``latent`` block (the
+    autoencoder's kind, latent scale and its source, latent shape, intensity range, whether the
+    scheduler clips). Returns (U-Net, settings, autoencoder or None)."""
     from diffusers import UNet2DModel
 
     from .process import NoiseProcess  # torch: not at module level (see the module docstring)
 
     info = inspect_model_folder(folder)
-    diffusion = diffusion_from_scheduler(info["scheduler"], str(info["scheduler_path"]))
+    ae = info["autoencoder"]
+    diffusion = diffusion_from_scheduler(info["scheduler"], str(info["scheduler_path"]),
+                                         latent=ae is not None)
     NoiseProcess.from_config(diffusion)  # every setting it cannot hold fails here
     config = {k: v for k, v in info["unet"].items() if not k.startswith("_")}
     model = UNet2DModel.from_config(config)
-    strict_load(model, load_state(info["weights"]), str(info["unet_dir"]))
+    strict_load(model, rename_old_attention(load_state(info["weights"])), str(info["unet_dir"]))
     ignored = {k: info["scheduler"][k] for k in ("timestep_spacing", "steps_offset",
                                                   "set_alpha_to_one") if k in info["scheduler"]}
     extra = {"diffusion": diffusion, "source": {"folder": str(Path(folder).resolve()),
                                                 "scheduler": info["scheduler"].get("_class_name"),
                                                 "inference_settings_not_used": ignored}}
-    return model.eval(), extra
+    autoencoder = None
+    if ae is not None:
+        import diffusers
+
+        cls = getattr(diffusers, ae["class"])
+        ae_config = {k: v for k, v in ae["config"].items() if not k.startswith("_")}
+        autoencoder = cls.from_config(ae_config)
+        strict_load(autoencoder, rename_old_attention(load_state(ae["weights"])), str(ae["dir"]),
+                    ae["class"])
+        size = latent_size(info["unet"])
+        extra["autoencoder"] = {"_class_name": ae["class"], **ae_config}
+        extra["latent"] = {
+            "kind": ae["class"], "scale": ae["scale"], "scale_source": ae["scale_source"],
+            "shift": ae["shift"], "shape": [ae["latent_channels"], size, size],
+            "image_size": size * ae["factor"], "channels": ae["channels"],
+            # diffusers' autoencoders read and write images in [-1, 1]
+            "intensity_range": [-1.0, 1.0],
+            "clip": info["scheduler"].get("clip_sample", True) is not False}
+        extra["source"]["autoencoder"] = ae["dir"].name
+    return model.eval(), extra, autoencoder
+
+
+def latent_size(unet: dict) -> int:
+    """The U-Net's square sample size (diffusers' default 32 when absent)."""
+    size = unet.get("sample_size", 32)
+    return int(size[0] if isinstance(size, list) else size)

@@ -34,28 +34,70 @@ def build_unet(cfg: dict, image_size: int, channels: int):
 
 
 def save_model(model, weights_path: str | os.PathLike, config_path: str | os.PathLike,
-               extra: dict | None = None) -> None:
-    """Weights as safetensors, the diffusers config (plus ``extra``) as JSON beside them."""
+               extra: dict | None = None, autoencoder=None) -> None:
+    """Weights as safetensors, the diffusers config (plus ``extra``) as JSON beside them. A latent
+    model's autoencoder goes into the same file under the ``autoencoder.`` prefix (its config
+    and the ``latent`` block are in ``extra``), so no rule's inputs change."""
     cfg = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
     cfg = json.loads(json.dumps(cfg, default=list))
+    state = dict(model.state_dict())
+    if autoencoder is not None:
+        if not (extra or {}).get("latent"):
+            raise ValueError("a latent model's settings need their 'latent' block")
+        state |= {f"{AE_PREFIX}{k}": v for k, v in autoencoder.state_dict().items()}
     with atomic_path(config_path) as tmp:
-        tmp.write_text(json.dumps({"unet": cfg, **(extra or {})}, indent=2, sort_keys=True))
-    save_safetensors(weights_path, model.state_dict())
+        tmp.write_text(json.dumps({"unet": cfg, **(extra or {})}, indent=2, sort_keys=True,
+                                  default=list))
+    save_safetensors(weights_path, state)
+
+
+AE_PREFIX = "autoencoder."
 
 
 def load_model(weights_path: str | os.PathLike, config_path: str | os.PathLike,
                device: torch.device | str = "cpu"):
     """The :class:`~diffmem.diffusion.denoiser.Denoiser` of a saved model: the U-Net rebuilt from
     its JSON config, safetensors weights (no pickle) loaded strictly, and the noise process of
-    its ``diffusion`` settings; and the JSON."""
+    its ``diffusion`` settings; a :class:`~diffmem.diffusion.denoiser.LatentDenoiser` with its
+    autoencoder when the JSON has a ``latent`` block; and the JSON."""
+    import diffusers
     from diffusers import UNet2DModel
 
-    from .denoiser import Denoiser
+    from .denoiser import Denoiser, LatentDenoiser
     from .process import NoiseProcess
 
     meta = json.loads(Path(config_path).read_text())
     net = UNet2DModel.from_config(meta["unet"])
     state, _ = load_safetensors(weights_path)
+    ae_state = {k[len(AE_PREFIX):]: state.pop(k) for k in list(state) if k.startswith(AE_PREFIX)}
     net.load_state_dict(state, strict=True)
     process = NoiseProcess.from_config(meta["diffusion"])
-    return Denoiser(net, process).to(device).eval(), meta
+    latent = meta.get("latent")
+    if not latent:
+        if ae_state:
+            raise ValueError(f"{weights_path} holds autoencoder tensors but {config_path} has "
+                             f"no 'latent' block")
+        return Denoiser(net, process).to(device).eval(), meta
+    ae_cfg = {k: v for k, v in meta["autoencoder"].items() if not k.startswith("_")}
+    ae = getattr(diffusers, latent["kind"]).from_config(ae_cfg)
+    ae.load_state_dict(ae_state, strict=True)
+    model = LatentDenoiser(net, process, ae, kind=latent["kind"], scale=latent["scale"],
+                           shift=latent.get("shift", 0.0), clip=bool(latent.get("clip", False)))
+    return model.to(device).eval(), meta
+
+
+def image_shape(meta: dict) -> tuple[int, int, int]:
+    """(C, H, W) of the images a saved model makes (a latent model's: its decoder's)."""
+    latent = meta.get("latent")
+    if latent:
+        return latent["channels"], latent["image_size"], latent["image_size"]
+    u = meta["unet"]
+    return u["in_channels"], u["sample_size"], u["sample_size"]
+
+
+def process_shape(meta: dict) -> tuple[int, int, int]:
+    """(C, H, W) of what the process runs on: the images, or a latent model's latents."""
+    latent = meta.get("latent")
+    if latent:
+        return tuple(latent["shape"])
+    return image_shape(meta)
