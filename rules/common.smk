@@ -155,6 +155,31 @@ def duplicates_of(wildcards):
     return f"results/{dataset}/near_duplicates.npz"
 
 
+def latent_model(wildcards) -> bool:
+    """Whether the run is an imported latent model."""
+    name = run_parts(wildcards.run)[1]
+    return name is not None and MODELS[name]["latent"]
+
+
+def null_images_of(wildcards):
+    """The held-out images the copy question's null is made of: a latent model's through its
+    autoencoder (D(E(x)), the decoder-aware null), else the raw ones."""
+    if latent_model(wildcards):
+        return f"results/{wildcards.run}/data/heldout_decoded.npz"
+    return f"results/{wildcards.run}/data/heldout.npz"
+
+
+def latent_null_extras(wildcards):
+    """A latent model's raw held-out images (the raw null, reported beside) and autoencoder
+    test; nothing for a pixel model."""
+    if not latent_model(wildcards):
+        return {}
+    return {
+        "raw_heldout": f"results/{wildcards.run}/data/heldout.npz",
+        "autoencoder": f"results/{wildcards.run}/audit/autoencoder.json",
+    }
+
+
 def target_of(wildcards):
     """A trained run's target.json (the fingerprinted image's position), none for an imported
     model."""

@@ -114,3 +114,31 @@ rule boundary_search_images:
         seed=seeded(config["boundary"].get("seed", 2)),
     script:
         "../workflow/scripts/boundary_search_images.py"
+
+
+rule autoencoder_audit:
+    """A latent model's decoder-aware null (its held-out images through the autoencoder,
+    D(E(x))) and whether the autoencoder itself reconstructs training images better than
+    unseen ones."""
+    input:
+        weights="results/models/{name}/model/model.safetensors",
+        config="results/models/{name}/model/model_config.json",
+        train="results/models/{name}/data/train.npz",
+        heldout="results/models/{name}/data/heldout.npz",
+        unused="results/models/{name}/data/unused_train.npz",
+        duplicates="results/models/{name}/near_duplicates.npz",
+    output:
+        heldout="results/models/{name}/data/heldout_decoded.npz",
+        summary="results/models/{name}/audit/autoencoder.json",
+    log:
+        "logs/models/{name}/autoencoder_audit.log",
+    conda:
+        CONDA_ENV
+    resources:
+        **gpu_resources(),
+    params:
+        scoring={k: config["scoring"].get(k) for k in ("null_max_images", "seed")},
+        membership={k: config["membership"].get(k) for k in ("margin", "seed")},
+        device=config.get("device", "auto"),
+    script:
+        "../workflow/scripts/autoencoder_audit.py"

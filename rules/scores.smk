@@ -5,8 +5,11 @@
 rule extraction_metrics:
     input:
         unpack(run_copy_embedding),
+        # a latent model's: its raw held-out images and autoencoder test beside the null
+        unpack(latent_null_extras),
         train="results/{run}/data/train.npz",
-        heldout="results/{run}/data/heldout.npz",
+        # the null's images: a latent model's decoder-aware ones, D(E(x))
+        heldout=null_images_of,
         unused="results/{run}/data/unused_train.npz",
         duplicates=duplicates_of,
         baseline="results/{run}/samples/samples.npz",

@@ -29,7 +29,8 @@ SHARED_DATA = Path(os.environ.get("DIFFMEM_TEST_DATA", ROOT.parent / "shared" / 
 TEST_CONFIG = ROOT / "workflow" / "configs" / "test.yaml"
 
 
-SHARED_RUN = {"finished", "own_model"}  # the session fixtures of the shared end-to-end run
+# the session fixtures of the shared end-to-end run
+SHARED_RUN = {"finished", "own_model", "latent_model"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups into the test ids
@@ -130,7 +131,17 @@ def own_model(tmp_path_factory, data_root) -> dict:
 
 
 @pytest.fixture(scope="session")
-def finished(tmp_path_factory, data_root, own_model):
+def latent_model(tmp_path_factory, data_root) -> dict:
+    """A latent model the user already has (a diffusers LDMPipeline folder with vae/: an
+    autoencoder trained on 160 images, a U-Net trained until it copies 6), its barely trained
+    twin, and their training and held-out images (.npz)."""
+    from .latent_model import make_latent_model
+
+    return make_latent_model(tmp_path_factory.mktemp("latent"), data_root)
+
+
+@pytest.fixture(scope="session")
+def finished(tmp_path_factory, data_root, own_model, latent_model):
     """One complete local run of the test config, shared by the workflow and SLURM tests."""
     from .own_model import write_pngs
 
@@ -139,7 +150,10 @@ def finished(tmp_path_factory, data_root, own_model):
     cfg["data_root"] = str(data_root)
     # a model the user already has (trained until it copies), audited through `models:`
     own = own_model
-    cfg["models"] = {"own": {**own, "sample": {"sampler": "ddpm", "steps": 100}}}
+    cfg["models"] = {"own": {**own, "sample": {"sampler": "ddpm", "steps": 100}},
+                     # and a latent one (an autoencoder and a U-Net on its latents)
+                     "latent": {**{k: latent_model[k] for k in ("folder", "train", "heldout")},
+                                "sample": {"sampler": "ddpm", "steps": 100}}}
     # a site's own PNGs (its training and held-out images; as a dataset of the fingerprint
     # study they are planned and read in test_a_dataset_of_your_own_pngs_..., which runs the
     # branch's first jobs: the rest is the code the MedMNIST run runs here)

@@ -74,7 +74,7 @@ def test_every_rule_goes_to_its_code_in_one_hop():
             assert script, f"{smk.name}: rule {name} has no script"
             rules[name] = (smk.stem, script.group(1))
     rules.pop("all", None)
-    assert len(rules) == 29 and len(set(s for _, s in rules.values())) == 29
+    assert len(rules) == 30 and len(set(s for _, s in rules.values())) == 30
     for name, (stem, script) in rules.items():
         assert script == name, f"rule {name} runs {script}.py"
         tree = ast.parse((ROOT / f"workflow/scripts/{script}.py").read_text())

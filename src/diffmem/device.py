@@ -46,6 +46,14 @@ def to_tensor(images: np.ndarray, device=None) -> torch.Tensor:
     return x.float() / 127.5 - 1.0
 
 
+def process_tensor(images: np.ndarray, device=None) -> torch.Tensor:
+    """What a model's process runs on: uint8 images through :func:`to_tensor`, or a latent
+    model's latents (float (N, C, h, w), already in the process's space) as they are."""
+    if images.dtype == np.uint8:
+        return to_tensor(images, device)
+    return torch.as_tensor(images, dtype=torch.float32, device=device)
+
+
 def as_nchw_uint8(images: np.ndarray, device) -> torch.Tensor:
     x = torch.as_tensor(images, device=device)
     return x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2).contiguous()

@@ -21,5 +21,7 @@ with logged(sm.log[0]):
         out_nearest_csv=sm.output.nearest,
         embedding=sm.input.embedding,
         embedding_json=sm.input.embedding_json,
+        raw_heldout_npz=sm.input.get("raw_heldout"),
+        autoencoder_json=sm.input.get("autoencoder"),
     )
     print(summary["tests"])

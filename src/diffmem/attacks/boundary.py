@@ -171,6 +171,16 @@ def nearest_accept(refs: np.ndarray, group: np.ndarray, device="cpu"):
     return accept
 
 
+def decoded(accept, model):
+    """An acceptance test of images applied to a model's outputs: decoded first (a latent
+    model's; a pixel model's decode is the identity)."""
+
+    def test(x0):
+        return accept(model.decode(x0))
+
+    return test
+
+
 def search_queries(model, process, sampler: str, steps: int, queries: list, refs: np.ndarray,
                    cfg: dict, seed: int, dev, bf16: bool, extra_accept: dict | None = None,
                    graphs: bool = True) -> tuple[dict, pd.DataFrame, float]:
@@ -203,11 +213,13 @@ def search_queries(model, process, sampler: str, steps: int, queries: list, refs
     for name, image, members in queries:
         group = np.zeros(len(refs), bool)
         group[members] = True
-        near = nearest_accept(refs, group, dev)
+        # a latent model's outputs are decoded before the test (``refs`` are then the
+        # decoded references D(E(·)); a pixel model's decode is the identity)
+        near = decoded(nearest_accept(refs, group, dev), model)
         extra = extra_accept.get(name)
         accept = (lambda x0, near=near, extra=extra: torch.stack([near(x0), extra(x0)], 1)) \
             if extra else near
-        x_q = normalise(as_nchw_uint8(image[None], dev))
+        x_q = model.encode(normalise(as_nchw_uint8(image[None], dev)))
         res = boundary_search(x_q, process.T, int(cfg["trajectories"]), noise_fn, reverse_fn,
                               accept, method=cfg["method"], t_step=int(cfg["t_step"]),
                               points_per_round=int(cfg.get("points_per_round", 8)))

@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..device import to_tensor
+from ..device import process_tensor
 from ..metrics.stats import auc, auc_test, tpr_at_fpr
 
 ATTACKS = ("loss", "sima", "pia")
@@ -52,14 +52,14 @@ def denoising_losses(eps_fn, process, images: np.ndarray, t_fracs, draws: int, s
     coef = process.coefficients(dev)
     ts = grid_steps(process, t_fracs)
     out = np.zeros((len(images), len(ts)))
-    shape = (1, *to_tensor(images[:1]).shape[1:])
+    shape = (1, *process_tensor(images[:1]).shape[1:])
     for d in range(draws):
         # one noise image per draw and image position, the same for members and non-members
         gen = torch.Generator(device="cpu").manual_seed(seed * 1000 + d)
         noise_all = torch.randn((len(images), *shape[1:]), generator=gen)
         for j, t in enumerate(ts):
             for i in range(0, len(images), batch_size):
-                x0 = to_tensor(images[i:i + batch_size], dev)
+                x0 = process_tensor(images[i:i + batch_size], dev)
                 noise = noise_all[i:i + batch_size].to(dev)
                 tt = torch.full((len(x0),), t, device=dev, dtype=torch.long)
                 x_t = process.add_noise(x0, noise, tt, coef)
@@ -93,7 +93,7 @@ def sima_scores(eps_fn, process, images: np.ndarray, t_fracs, batch_size: int = 
     ts = grid_steps(process, t_fracs)
     out = np.zeros((len(images), len(ts)))
     for i in range(0, len(images), batch_size):
-        x0 = to_tensor(images[i:i + batch_size], dev)
+        x0 = process_tensor(images[i:i + batch_size], dev)
         for j, t in enumerate(ts):
             eps = eps_fn(x0, torch.full((len(x0),), t, device=dev, dtype=torch.long)).float()
             out[i:i + len(x0), j] = -(eps.abs() ** 4).flatten(1).sum(1).cpu().numpy()
@@ -110,7 +110,7 @@ def pia_scores(eps_fn, process, images: np.ndarray, t_fracs, batch_size: int = 5
     ts = grid_steps(process, t_fracs)
     out = np.zeros((len(images), len(ts)))
     for i in range(0, len(images), batch_size):
-        x0 = to_tensor(images[i:i + batch_size], dev)
+        x0 = process_tensor(images[i:i + batch_size], dev)
         eps0 = eps_fn(x0, torch.zeros(len(x0), device=dev, dtype=torch.long)).float()
         for j, t in enumerate(ts):
             tt = torch.full((len(x0),), t, device=dev, dtype=torch.long)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..device import resolve_device, to_tensor
+from ..device import process_tensor, resolve_device
 from ..diffusion.process import NoiseProcess
 from ..io import load_json, load_safetensors
 from ..metrics.similarity import centred_unit
@@ -86,7 +86,8 @@ def train_time_classifier(images: np.ndarray, labels: np.ndarray, process: Noise
     dev = resolve_device(str(device))
     gen = torch.Generator(device=dev).manual_seed(seed)
     torch.manual_seed(seed)
-    x_all = to_tensor(images, dev)
+    # uint8 images, or a latent model's latents (float, already in the process's space)
+    x_all = process_tensor(images, dev)
     y_all = torch.as_tensor(labels, device=dev)
     k = int(labels.max()) + 1
     perm = torch.randperm(len(x_all), generator=gen, device=dev)

@@ -290,10 +290,12 @@ def sample(model, process: NoiseProcess, n: int, *, shape: tuple[int, int, int],
            sampler: str = "ddim", steps: int = 50, batch_size: int = 256, seed: int = 0,
            device: torch.device | str = "cpu", autocast: bool = False,
            guidance: Guidance | None = None, guidance_scale: float = 0.0,
-           progress: bool = True, runner: EpsRunner | None = None) -> np.ndarray:
+           progress: bool = True, runner: EpsRunner | None = None,
+           latents: list | None = None) -> np.ndarray:
     """Draw ``n`` images from pure noise in the process's space (``shape``), decoded by
     ``model.decode``; returns uint8 (n, H, W) or (n, H, W, C). A ``runner`` (the fixed-shape
-    fast path) pads the last batch; the images are the same."""
+    fast path) pads the last batch; the images are the same. ``latents``: a list that receives
+    each batch's x₀ in the process's space (float32, before decoding)."""
     from tqdm.auto import tqdm
 
     device = torch.device(device)
@@ -306,5 +308,7 @@ def sample(model, process: NoiseProcess, n: int, *, shape: tuple[int, int, int],
         x0 = reverse(model, process, x, t0, sampler=sampler, steps=steps, generator=gen,
                      guidance=guidance, guidance_scale=guidance_scale, autocast=autocast,
                      runner=runner)
+        if latents is not None:
+            latents.append(x0.float().cpu().numpy())
         out.append(to_uint8(model.decode(x0)))
     return np.concatenate(out) if out else np.zeros((0, *shape), np.uint8)

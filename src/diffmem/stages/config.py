@@ -21,7 +21,12 @@ from ..data.images import (
     same_images,
 )
 from ..data.medmnist import max_train_size, medmnist_info
-from ..diffusion.pretrained import diffusion_from_scheduler, files_digest, inspect_model_folder
+from ..diffusion.pretrained import (
+    diffusion_from_scheduler,
+    files_digest,
+    inspect_model_folder,
+    latent_size,
+)
 from ..diffusion.schedule import MAX_SIGNAL, first_step, signal_at_start
 from ..errors import ConfigError, DataError, ModelFolderError
 
@@ -451,14 +456,17 @@ def model_info(config: dict, name: str) -> dict:
     where = f"models.{name}"
     try:
         info = inspect_model_folder(entry["folder"])
-        diffusion = diffusion_from_scheduler(info["scheduler"], str(info["scheduler_path"]))
+        ae = info["autoencoder"]
+        diffusion = diffusion_from_scheduler(info["scheduler"], str(info["scheduler_path"]),
+                                             latent=ae is not None)
     except ModelFolderError as err:
         raise ConfigError(f"config error at {where}.folder: {err}") from None
     unet = info["unet"]
-    size = unet.get("sample_size", 32)
-    size = size[0] if isinstance(size, list) else size
+    size = latent_size(unet)
     channels = int(unet.get("in_channels", 3))
-    if channels not in (1, 3) or unet.get("out_channels", channels) != channels:
+    if ae is not None:  # the images are the decoder's: its size and channels
+        size, channels = size * ae["factor"], ae["channels"]
+    elif channels not in (1, 3) or unet.get("out_channels", channels) != channels:
         raise ConfigError(f"config error at {where}.folder: a U-Net with {channels} input and "
                           f"{unet.get('out_channels')} output channels; expected 1 or 3 of each "
                           f"(grey or RGB images, ε or v prediction)")
@@ -498,6 +506,7 @@ def model_info(config: dict, name: str) -> dict:
                           f"data; set allow_signal_at_start: true to sample it anyway (the "
                           f"report says so)")
     return {"size": int(size), "channels": channels, "diffusion": diffusion,
+            "latent": ae is not None,
             "images": counts, "images_digest": digests, "sample": sample,
             # every file the import reads: inputs of import_model, so an edit re-runs it, and
             # their contents' digest, a param of it, so an older file put in their place does

@@ -5,13 +5,14 @@ from __future__ import annotations
 import shutil
 import time
 
+import numpy as np
 import torch
 
 from ..device import gpu_peak_gib, resolve_device
 from ..diffusion.process import NoiseProcess
 from ..diffusion.sampler import fast_runner, sample
 from ..diffusion.train import train
-from ..diffusion.unet import load_model, save_model
+from ..diffusion.unet import load_model, process_shape, save_model
 from ..io import file_digest, load_npz, save_csv, save_figure, save_json, save_npz
 from ..plotting import image_grid, plt
 
@@ -62,14 +63,16 @@ def sample_stage(*, weights: str, model_config: str, num_samples: int, batch_siz
     # the fixed-shape step in CUDA graphs (same images as the plain loop; none on a CPU)
     runner = fast_runner(model, dev, autocast=bf16 and dev.type == "cuda", graphs=graphs)
     process = NoiseProcess.from_config(meta["diffusion"])
-    ucfg = meta["unet"]
-    shape = (ucfg["in_channels"], ucfg["sample_size"], ucfg["sample_size"])
     t0 = time.perf_counter()
-    images = sample(model, process, num_samples, shape=shape, sampler=sampler, steps=steps,
-                    batch_size=batch_size, seed=seed, device=dev,
-                    autocast=bf16 and dev.type == "cuda", progress=progress, runner=runner)
+    # a latent model's samples keep their latents beside the decoded images
+    latents = [] if model.latent else None
+    images = sample(model, process, num_samples, shape=process_shape(meta), sampler=sampler,
+                    steps=steps, batch_size=batch_size, seed=seed, device=dev,
+                    autocast=bf16 and dev.type == "cuda", progress=progress, runner=runner,
+                    latents=latents)
     elapsed = time.perf_counter() - t0
-    save_npz(out_samples, images=images)
+    save_npz(out_samples, images=images,
+             **({"latents": np.concatenate(latents)} if latents else {}))
     image_grid(images, out_grid, ncols=10, max_images=100,
                title=f"{min(len(images), 100)} of {len(images)} samples ({sampler}, {steps} steps)")
     info = {"num_samples": int(len(images)), "sampler": sampler, "steps": steps, "seed": seed,

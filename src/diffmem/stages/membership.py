@@ -17,6 +17,7 @@ from ..attacks.membership import (
     select_and_score,
 )
 from ..device import resolve_device
+from ..diffusion.denoiser import encode_images
 from ..diffusion.process import NoiseProcess
 from ..diffusion.unet import load_model
 from ..io import load_json, load_npz, save_csv, save_figure, save_json, save_npz
@@ -53,6 +54,9 @@ def membership_stage(*, weights: str, model_config: str, train_npz: str, heldout
               for h in ("calibrate", "score")]
     non = pool["images"][np.concatenate(halves)] if len(pool["score"]) else pool["images"][:0]
     n_halves = (np.arange(len(halves[0])), len(halves[0]) + np.arange(len(halves[1])))
+    # a latent model is attacked in its own space, z = scale·E(x) (the posterior mean), as
+    # CopyMark and the SimA authors attack latent models; a pixel model's images as they are
+    members, non = encode_images(model, members, dev), encode_images(model, non, dev)
     t_fracs = [float(f) for f in cfg.get("t_fractions", [0.02, 0.05, 0.1])]
 
     def eps_fn(x_t, t):
@@ -65,6 +69,8 @@ def membership_stage(*, weights: str, model_config: str, train_npz: str, heldout
               "margin": float(cfg.get("margin", 0.05)), "null_effect": 0.5,
               "members": int(len(members)), "nonmembers": int(len(non)), "draws": kw["draws"],
               "t_fractions": t_fracs, "null": pool["counts"],
+              "space": (f"latents z = {model.scale:g}·E(x) of the {model.kind}"
+                        if model.latent else "images"),
               "mean_loss_members": float(m_loss.mean())}
     if not len(non):  # nothing to tell training images from: reported, not tested
         summary = common | untested(None, len(members), "no unseen images to tell training "

@@ -14,6 +14,7 @@ import logging
 
 import numpy as np
 
+from ..attacks.autoencoder import autoencoder_test
 from ..attacks.boundary import (
     boundary_sampler,
     choose_images,
@@ -23,6 +24,7 @@ from ..attacks.boundary import (
 )
 from ..data.images import read_images
 from ..device import resolve_device
+from ..diffusion.denoiser import reconstruct
 from ..diffusion.pretrained import load_pretrained
 from ..diffusion.process import NoiseProcess
 from ..diffusion.unet import load_model, save_model
@@ -30,6 +32,7 @@ from ..io import load_npz, save_csv, save_json, save_npz
 from ..metrics.similarity import Matching, mirrored
 from .data import write_near_duplicates
 from .fingerprint import boundary_figure
+from .scores import load_with_null
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +40,8 @@ log = logging.getLogger(__name__)
 def import_model_stage(*, folder: str, out_weights: str, out_config: str) -> dict:
     """Convert a model folder into the workflow's own files (safetensors + JSON config), so every
     later rule runs on it unchanged."""
-    model, extra = load_pretrained(folder)
-    save_model(model, out_weights, out_config, extra=extra)
+    model, extra, autoencoder = load_pretrained(folder)
+    save_model(model, out_weights, out_config, extra=extra, autoencoder=autoencoder)
     return extra
 
 
@@ -118,6 +121,9 @@ def boundary_search_images_stage(*, weights: str, model_config: str, train_npz: 
                         "controls instead of %d", len(candidates), k, cfg.get("controls", 19))
     refs = np.concatenate([train, heldout])
     n = len(refs)
+    # a latent model's walk-back is judged against the decoded references D(E(·)): a decoded
+    # output cannot be closer to a raw image than that image's own reconstruction is
+    refs = reconstruct(model, refs, dev)
     if mirror:  # a mirrored copy of an image is that image to a model trained with flips
         refs = np.concatenate([refs, mirrored(refs)])
 
@@ -155,7 +161,34 @@ def boundary_search_images_stage(*, weights: str, model_config: str, train_npz: 
         "evaluations": results[queries[0][0]]["evaluations"],
         "rounds": results[queries[0][0]]["rounds"], "seconds": seconds, "sampler": sampler,
         "steps": steps, "mirror": mirror,
+        "references": "decoded through the autoencoder, D(E(x))" if model.latent else "images",
     }
     save_json(out_json, summary)
     boundary_figure(df, summary, out_png)
+    return summary
+
+
+def autoencoder_audit_stage(*, weights: str, model_config: str, train_npz: str, heldout_npz: str,
+                      unused_npz: str, duplicates_npz: str, scoring: dict, membership: dict,
+                      device: str, out_heldout: str, out_json: str) -> dict:
+    """A latent model's decoder-aware null (``heldout_decoded.npz``: D(E(x)) of every held-out
+    image, in order) and its autoencoder's test (:mod:`diffmem.attacks.autoencoder`)."""
+    dev = resolve_device(device)
+    model, meta = load_model(weights, model_config, dev)
+    if not model.latent:
+        raise ValueError(f"{model_config} describes a pixel-space model: it has no autoencoder")
+    held = load_npz(heldout_npz)
+    decoded = reconstruct(model, held["images"], dev)
+    save_npz(out_heldout, **{k: (decoded if k == "images" else v) for k, v in held.items()})
+    tr, _, pool, _ = load_with_null(train_npz, heldout_npz, unused_npz, duplicates_npz, scoring)
+    unseen = pool["images"][np.concatenate([pool["calibrate"], pool["score"]])]
+    test = autoencoder_test(model, tr["images"], unseen,
+                            margin=float(membership.get("margin", 0.05)),
+                            seed=int(membership.get("seed", 5)), device=dev)
+    latent = meta["latent"]
+    summary = {"kind": latent["kind"], "scale": latent["scale"],
+               "scale_source": latent["scale_source"], "latent_shape": latent["shape"],
+               "image_size": latent["image_size"], "decoded_heldout": int(len(decoded)),
+               "null": pool["counts"], "test": test}
+    save_json(out_json, summary)
     return summary

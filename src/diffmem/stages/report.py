@@ -135,8 +135,16 @@ def model_section(run_dir: Path, base: Path, name: str) -> str:
     dup = load_json(run_dir / "near_duplicates.json")
     src, diff = model.get("source", {}), model["diffusion"]
     schedule = "trained betas" if diff.get("trained_betas") else diff["beta_schedule"]
+    latent = model.get("latent")
+    kind = "pixel-space (the U-Net denoises images)" if not latent else (
+        f"latent: autoencoder {latent['kind']} (`{src.get('autoencoder', '?')}/`) and a U-Net "
+        f"on its {'×'.join(map(str, latent['shape']))} latents z = {latent['scale']:g}·E(x) "
+        f"(scale: {latent['scale_source']}); latents "
+        f"{'clipped to [-1, 1] as its scheduler does' if latent['clip'] else 'unclipped'}, "
+        f"images clipped after decoding")
     rows = [
         ("model folder", f"`{src.get('folder', '?')}` ({src.get('scheduler', '?')})"),
+        ("model kind", kind),
         ("noise process", f"T = {diff['num_train_timesteps']}, {schedule}, "
                           f"{diff.get('prediction_type', 'epsilon')} prediction"),
         ("training / held-out images", f"{images['train_images']} / {images['heldout_images']}"
@@ -148,6 +156,8 @@ def model_section(run_dir: Path, base: Path, name: str) -> str:
         _signal_row(samples),
     ]
     audit = run_dir / "audit"
+    if (audit / "autoencoder.json").exists():
+        rows += autoencoder_rows(audit / "autoencoder.json", run_dir / "side/metrics.json")
     if (audit / "boundary.json").exists():
         b = load_json(audit / "boundary.json")
         q = b["query"]
@@ -180,6 +190,30 @@ def model_section(run_dir: Path, base: Path, name: str) -> str:
     if (audit / "membership.json").exists():
         parts += membership_section(audit, base)
     return "\n".join(parts)
+
+
+def autoencoder_rows(ae_json: Path, metrics_json: Path) -> list[tuple[str, str]]:
+    """A latent model's null and its autoencoder's own question."""
+    t = load_json(ae_json)["test"]
+    rows = [("the copy question's null",
+             "decoder-aware: the unseen images passed through the autoencoder, D(E(x)) (a "
+             "decoder smooths, and smoothing raises nearest-training similarity: a raw null can "
+             "say yes of a model that only smooths)")]
+    if metrics_json.exists():
+        raw = load_json(metrics_json)["tests"].get("plain_copies_raw_null")
+        if raw is not None and raw.get("effect") is not None:
+            rows.append(("copies against the raw null (comparison only)",
+                         f"{raw['effect']:.3f} [{raw['ci_low']:.3f}, {raw['ci_high']:.3f}], "
+                         f"p = {raw['p_value']:.3g} (its answer is in the verdict table)"))
+    if t.get("effect") is None:
+        rows.append((t["question"], t.get("answer", "not tested")))
+    else:
+        rows.append((t["question"],
+                     f"AUC {t['effect']:.3f} [{t['ci_low']:.3f}, {t['ci_high']:.3f}], "
+                     f"p = {t['p_value']:.3g} ({t['n']} training vs {t['null_n']} unseen; "
+                     f"mean error {t['mean_error_train']:.4f} vs {t['mean_error_unseen']:.4f}; "
+                     f"its answer is in the verdict table)"))
+    return rows
 
 
 def _detector_rows(audit: Path) -> list[tuple[str, str]]:

@@ -7,7 +7,7 @@ import numpy as np
 
 from ..attacks.copies import embed, eye_twins, load_embedding, retrieval_check, weakest
 from ..device import resolve_device
-from ..io import load_npz, save_csv, save_figure, save_json
+from ..io import load_json, load_npz, save_csv, save_figure, save_json
 from ..metrics.memorization import BAND_NAMES
 from ..metrics.null import run_null_pool
 from ..metrics.scores import COMBINED, NULL, PLAIN, SIDE, per_image, score_run
@@ -21,11 +21,19 @@ def extraction_metrics_stage(*, train_npz: str, plain_npz: str, side_npzs: list[
                              out_json: str, out_pairs_png: str, out_hist_png: str,
                              out_scale_png: str, out_nearest_csv: str,
                              embedding: str | None = None,
-                             embedding_json: str | None = None) -> dict:
+                             embedding_json: str | None = None,
+                             raw_heldout_npz: str | None = None,
+                             autoencoder_json: str | None = None) -> dict:
+    """A latent model's ``heldout_npz`` is its decoder-aware null (D(E(x)) of the held-out
+    images, :mod:`diffmem.stages.autoencoder`): ``raw_heldout_npz`` (the raw images) then
+    decides which of them are the copy eye's twins of a training image, so each reconstruction
+    keeps its source's place in the null, and gives the raw null's copy answer, reported beside
+    (``tests.plain_copies_raw_null``); ``autoencoder_json`` adds the autoencoder's own test."""
     dev = resolve_device(device)
     eye = CopyEye.load(embedding, embedding_json, dev) if embedding else None
+    raw = load_npz(raw_heldout_npz)["images"] if raw_heldout_npz else None
     tr, heldout, pool, groups = load_with_null(train_npz, heldout_npz, unused_npz,
-                                               duplicates_npz, cfg, eye)
+                                               duplicates_npz, cfg, eye, twin_heldout=raw)
     side_sets = {}
     for s, p in zip(scales, side_npzs, strict=True):
         d = load_npz(p)
@@ -36,6 +44,13 @@ def extraction_metrics_stage(*, train_npz: str, plain_npz: str, side_npzs: list[
                     embed=eye.embed if eye else None)
     summary = write_scores(res, tr, pool, out_csv=out_csv, out_nearest_csv=out_nearest_csv,
                            out_hist_png=out_hist_png, eye=eye, cfg=cfg)
+    if raw is not None:
+        summary["raw_null"] = raw_null_test(tr, raw, plain, unused_npz, duplicates_npz, cfg,
+                                            eye, dev)
+        summary["tests"]["plain_copies_raw_null"] = summary["raw_null"]
+        summary["null_kind"] = "decoder-aware: unseen images through the autoencoder, D(E(x))"
+    if autoencoder_json:
+        summary["tests"]["autoencoder"] = load_json(autoencoder_json)["test"]
     summary |= {"best_scale": res["best_scale"],
                 "best_scale_selection_ums_high": {f"{k:g}": v
                                                   for k, v in res["selection"].items()},
@@ -81,18 +96,50 @@ class CopyEye:
 
 
 def load_with_null(train_npz: str, heldout_npz: str, unused_npz: str,
-                   duplicates_npz: str | None, cfg: dict, eye: CopyEye | None = None) -> tuple:
+                   duplicates_npz: str | None, cfg: dict, eye: CopyEye | None = None,
+                   twin_heldout: np.ndarray | None = None) -> tuple:
     """A run's training and held-out files with its null: (train, held-out images, pool,
     training groups). With the copy ``eye`` its twins of training images are left out of the
-    null too (:func:`diffmem.attacks.copies.twin_threshold`)."""
+    null too (:func:`diffmem.attacks.copies.twin_threshold`), judged on ``twin_heldout`` (the
+    raw images of a decoded null, row for row) where given."""
     tr = load_npz(train_npz)
-    heldout = load_npz(heldout_npz)["images"]
+    return (tr, *with_null(tr, load_npz(heldout_npz)["images"], unused_npz, duplicates_npz, cfg,
+                           eye, twin_heldout))
+
+
+def with_null(tr: dict, heldout: np.ndarray, unused_npz: str, duplicates_npz: str | None,
+              cfg: dict, eye: CopyEye | None = None,
+              twin_heldout: np.ndarray | None = None) -> tuple:
+    """(held-out images, pool, training groups) of :func:`load_with_null`."""
+    twins = eye.twins_of(tr["images"], Matching.from_config(
+        cfg.get("matching"), tr["images"].shape[1])) if eye else None
+    if twins is not None and twin_heldout is not None:
+        if len(twin_heldout) != len(heldout):
+            raise ValueError(f"{len(twin_heldout)} raw images for {len(heldout)} decoded ones")
+        decided, raw_twins = twins, twins(twin_heldout)
+
+        def twins(images):  # the raw images decide for their reconstructions
+            return raw_twins if images is heldout else decided(images)
+
     pool, groups = run_null_pool(
         train_indices=tr["indices"], heldout=heldout, unused=load_npz(unused_npz),
         duplicates=load_npz(duplicates_npz) if duplicates_npz else None, cfg=cfg,
-        eye_twin=eye.twins_of(tr["images"], Matching.from_config(
-            cfg.get("matching"), tr["images"].shape[1])) if eye else None)
-    return tr, heldout, pool, groups
+        eye_twin=twins)
+    return heldout, pool, groups
+
+
+def raw_null_test(tr: dict, raw: np.ndarray, plain: np.ndarray, unused_npz: str,
+                  duplicates_npz: str | None, cfg: dict, eye: CopyEye | None, dev) -> dict:
+    """A latent model's copy test against the raw null (unseen images not passed through the
+    autoencoder), reported beside the decoder-aware answer and never the verdict's: the
+    decoder's smoothing raises nearest-training similarity, so this one can say "yes" of a
+    model that only smooths."""
+    _, pool, groups = with_null(tr, raw, unused_npz, duplicates_npz, cfg, eye)
+    res = score_run(train=tr["images"], groups=groups, plain=plain, side_sets={}, pool=pool,
+                    heldout=raw, cfg=cfg, device=dev, embed=eye.embed if eye else None)
+    return res["tests"]["plain_copies"] | {
+        "question": "against a raw null (for comparison only: unseen images not through the "
+                    "autoencoder), does plain sampling copy training images?"}
 
 
 def write_scores(res: dict, tr: dict, pool: dict, *, out_csv: str, out_nearest_csv: str,

@@ -15,7 +15,7 @@ from ..attacks.side import (
 from ..device import resolve_device
 from ..diffusion.process import NoiseProcess
 from ..diffusion.sampler import fast_runner, sample
-from ..diffusion.unet import load_model
+from ..diffusion.unet import load_model, process_shape
 from ..io import load_json, load_npz, save_json, save_npz, save_safetensors
 from ..plotting import image_grid
 
@@ -41,7 +41,9 @@ def surrogate_labels_stage(*, samples_npz: str, k: int, pca_dims: int, seed: int
 def train_surrogate_classifier_stage(*, samples_npz: str, labels_npz: str, model_config: str,
                                      cfg: dict, seed: int, device: str, out_weights: str,
                                      out_json: str) -> dict:
-    images = load_npz(samples_npz)["images"]
+    samples = load_npz(samples_npz)
+    # a latent model's classifier learns its noised latents (the space its guidance steers)
+    images = samples["latents"] if "latents" in samples else samples["images"]
     labels = load_npz(labels_npz)["labels"]
     process = NoiseProcess.from_config(load_json(model_config)["diffusion"])
     net, metrics = train_time_classifier(images, labels, process, cfg, seed=seed, device=device)
@@ -61,8 +63,7 @@ def side_extract_stage(*, weights: str, model_config: str, clf_weights: str, clf
     process = NoiseProcess.from_config(meta["diffusion"])
     net = load_time_classifier(clf_weights, clf_json, dev)
     k = net.config["num_classes"]
-    shape = (meta["unet"]["in_channels"], meta["unet"]["sample_size"],
-             meta["unet"]["sample_size"])
+    shape = process_shape(meta)
     # every cluster in the same batches: the guidance hook takes one target label per image
     labels = np.repeat(np.arange(k), per_cluster)
     images = []

@@ -31,7 +31,10 @@ def _fmt_test(t: dict) -> str:
             f"p = {t['p_value']:.3g}")
 
 
-ANSWER_ORDER = ("plain_copies", "side_extracts_more", "membership", "walks_back")
+# a latent model's copy row is answered against the decoder-aware null; its raw-null answer
+# (comparison only) and the autoencoder's own question follow it
+ANSWER_ORDER = ("plain_copies", "plain_copies_raw_null", "autoencoder", "side_extracts_more",
+                "membership", "walks_back")
 COPY_QUESTIONS = ("does plain sampling copy training images?",
                   "do these images copy training images?")
 
