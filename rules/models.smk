@@ -138,7 +138,9 @@ rule autoencoder_audit:
         **gpu_resources(),
     params:
         scoring={k: config["scoring"].get(k) for k in ("null_max_images", "seed")},
-        membership={k: config["membership"].get(k) for k in ("margin", "seed")},
+        membership={
+            k: v for k, v in config["membership"].items() if k in ("margin", "seed")
+        },
         device=config.get("device", "auto"),
     script:
         "../workflow/scripts/autoencoder_audit.py"

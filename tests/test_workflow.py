@@ -164,9 +164,10 @@ def test_every_output_and_the_report(finished):
     # the report opens with the verdict: one row per run and question
     assert report.startswith("# Verdict")
     verdict = pd.read_csv(finished / "results/verdict.csv")
-    # two runs (breastmnist, an imported model), four questions each, and two generated
-    # image sets (only the copy question)
-    assert len(verdict) == 10
+    # two runs (breastmnist, an imported model), four questions each, a latent model (six:
+    # its raw-null comparison and its autoencoder's question besides), and two generated image
+    # sets (only the copy question)
+    assert len(verdict) == 16
     assert set(verdict["answer"]) <= {"yes", "no", "inconclusive", "inconclusive (no null)",
                                       "samples unlike the training data"}
     assert verdict["question"].tolist()[2] == "can training images be told from unseen ones?"
@@ -190,7 +191,9 @@ def test_every_output_and_the_report(finished):
                         for a, b in hits])
 
     assert abs(power(copies["detectable_rate"]) - 0.8) < 0.04
-    copy_rows = verdict.question.isin([first["question"], "do these images copy training images?"])
+    copy_rows = verdict.question.isin([first["question"],
+                                       "do these images copy training images?"]) | \
+        verdict.question.str.startswith("against a raw null")  # a latent model's comparison
     assert verdict[~copy_rows]["detectable"].isna().all()
     assert "| detectable |" in (finished / "results/verdict.md").read_text()
     assert "the test finds an excess of" in report and "with 80 % power" in report
@@ -287,14 +290,14 @@ def own_pixel_only(verdict) -> str:
 
 def test_entries_that_share_training_images_share_one_copy_embedding(finished):
     """One copy embedding per distinct training images: the MedMNIST run's, the imported
-    model's, and one for the two generated sets that share their training images; each
+    models', and one for the two generated sets that share their training images; each
     trained on those images alone (its JSON says how many and their digest)."""
     keys = sorted(p.name for p in (finished / "results/copies").iterdir())
-    assert len(keys) == 3 and "breastmnist-n64-seed0" in keys
+    assert len(keys) == 4 and "breastmnist-n64-seed0" in keys
     metas = {k: json.loads((finished / f"results/copies/{k}/embedding.json").read_text())
              for k in keys}
     assert metas["breastmnist-n64-seed0"]["train_images"] == 64
-    assert sorted(m["train_images"] for m in metas.values()) == [4, 24, 64]
+    assert sorted(m["train_images"] for m in metas.values()) == [4, 6, 24, 64]
     assert all(0 < m["twin_threshold"] < 1 and "training images only" in m["trained_on"]
                for m in metas.values())
 
@@ -689,19 +692,19 @@ def test_a_scoring_setting_reruns_the_scores_not_the_models(finished):
     jobs = dry_run_with(finished, "s.yaml", lambda c: c["scoring"].update(min_tail=4))
     assert set(jobs) == scores, jobs
     jobs = dry_run_with(finished, "d.yaml", lambda c: c["duplicates"].update(threshold=4.0))
-    # every set's groups, and what stands on them: the imported model's boundary search's
-    # controls, membership's halves and null
+    # every set's groups, and what stands on them: the imported models' boundary search's
+    # controls, membership's halves and null, the latent model's autoencoder test
     assert set(jobs) == scores | {"near_duplicates", "model_duplicates", "generated_duplicates",
                                   "boundary_search_images", "membership",
-                                  "train_copy_embedding"}, jobs
+                                  "train_copy_embedding", "autoencoder_audit"}, jobs
 
 
 def test_a_copy_embedding_setting_reruns_the_embedding_and_the_scores_not_the_models(finished):
-    """An edited copy-eye setting trains the three embeddings again (the MedMNIST run's, the
-    imported model's, the generated sets' shared one) and re-scores what reads them; no model is
-    trained, imported or sampled again."""
+    """An edited copy-eye setting trains the four embeddings again (the MedMNIST run's, the
+    two imported models', the generated sets' shared one) and re-scores what reads them; no
+    model is trained, imported or sampled again."""
     jobs = dry_run_with(finished, "c.yaml", lambda c: c["copies"].update(steps=100))
-    assert jobs.pop("train_copy_embedding") == 3
+    assert jobs.pop("train_copy_embedding") == 4
     assert set(jobs) == {"extraction_metrics", "exposure", "generated_scores",
                          "known_truth_study", "verdict", "report", "all"}, jobs
 

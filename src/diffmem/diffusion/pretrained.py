@@ -76,8 +76,9 @@ UNET_SCHEMA = {
             {"type": "integer", "minimum": 2, "maximum": 1024},
             {"type": "array", "items": {"type": "integer", "minimum": 2, "maximum": 1024},
              "minItems": 2, "maxItems": 2}]},
-        "in_channels": {"type": "integer", "minimum": 1, "maximum": 4},
-        "out_channels": {"type": "integer", "minimum": 1, "maximum": 8},
+        # a latent U-Net takes as many channels as its autoencoder's latents (≤ 64)
+        "in_channels": {"type": "integer", "minimum": 1, "maximum": 64},
+        "out_channels": {"type": "integer", "minimum": 1, "maximum": 128},
         "block_out_channels": {"type": "array", "items": _CHANNELS, "minItems": 1,
                                "maxItems": 8},
         "layers_per_block": {"type": "integer", "minimum": 1, "maximum": 16},
