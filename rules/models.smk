@@ -20,6 +20,8 @@ rule import_model:
         CONDA_ENV
     params:
         folder=lambda wc: config["models"][wc.name]["folder"],
+        # a MONAI bundle's scale factor, intensity range, config and latent shape
+        monai=lambda wc: MODELS[wc.name]["monai"],
         # the contents of those files: an older file copied over one (its modification time
         # older than the outputs) or a re-pointed folder link re-runs the import too
         digest=lambda wc: MODELS[wc.name]["files_digest"],

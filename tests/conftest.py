@@ -30,7 +30,7 @@ TEST_CONFIG = ROOT / "workflow" / "configs" / "test.yaml"
 
 
 # the session fixtures of the shared end-to-end run
-SHARED_RUN = {"finished", "own_model", "latent_model"}
+SHARED_RUN = {"finished", "own_model", "latent_model", "monai_model"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups into the test ids
@@ -141,7 +141,24 @@ def latent_model(tmp_path_factory, data_root) -> dict:
 
 
 @pytest.fixture(scope="session")
-def finished(tmp_path_factory, data_root, own_model, latent_model):
+def monai_model(tmp_path_factory, data_root) -> dict:
+    """A MONAI latent model as its bundle ships it (inference.json, .pt weights), converted
+    once by ``python -m diffmem.convert monai`` (as a user would, where they trust the files),
+    and its barely trained twin, converted the same way."""
+    from .monai_model import make_monai_model
+
+    root = tmp_path_factory.mktemp("monai")
+    info = make_monai_model(root, data_root)
+    for name in ("bundle", "barely"):
+        out = root / f"{name}-converted"
+        subprocess.run([sys.executable, "-m", "diffmem.convert", "monai", info[name], str(out)],
+                       check=True, capture_output=True, text=True, timeout=300)
+        info[f"{name}_converted"] = str(out)
+    return info
+
+
+@pytest.fixture(scope="session")
+def finished(tmp_path_factory, data_root, own_model, latent_model, monai_model):
     """One complete local run of the test config, shared by the workflow and SLURM tests."""
     from .own_model import write_pngs
 
@@ -153,7 +170,14 @@ def finished(tmp_path_factory, data_root, own_model, latent_model):
     cfg["models"] = {"own": {**own, "sample": {"sampler": "ddpm", "steps": 100}},
                      # and a latent one (an autoencoder and a U-Net on its latents)
                      "latent": {**{k: latent_model[k] for k in ("folder", "train", "heldout")},
-                                "sample": {"sampler": "ddpm", "steps": 100}}}
+                                "sample": {"sampler": "ddpm", "steps": 100}},
+                     # and a MONAI one, from its converted bundle (its scale factor given here)
+                     # (trained on the same images as the latent one: they share a copy eye)
+                     "monai": {"folder": monai_model["bundle_converted"],
+                               "train": latent_model["train"],
+                               "heldout": latent_model["heldout"],
+                               "scale_factor": monai_model["scale_factor"],
+                               "sample": {"sampler": "ddpm", "steps": 100}}}
     # a site's own PNGs (its training and held-out images; as a dataset of the fingerprint
     # study they are planned and read in test_a_dataset_of_your_own_pngs_..., which runs the
     # branch's first jobs: the rest is the code the MedMNIST run runs here)

@@ -238,7 +238,8 @@ def test_latents_are_sampled_unclipped_and_then_decoded(tiny_ldm):
 
 # --- the memorizer and its barely trained twin, in process ----------------------------------
 
-def _audit_in_process(folder: str, latent_model: dict, tmp_path: Path, scoring: dict) -> dict:
+def _audit_in_process(folder: str, latent_model: dict, tmp_path: Path, scoring: dict,
+                      monai: dict | None = None) -> dict:
     """Import, sample, the decoder-aware null, the copy and membership questions."""
     from diffmem.stages.dpm import sample_stage
     from diffmem.stages.membership import membership_stage
@@ -251,7 +252,7 @@ def _audit_in_process(folder: str, latent_model: dict, tmp_path: Path, scoring: 
 
     d = tmp_path
     import_model_stage(folder=folder, out_weights=str(d / "m.safetensors"),
-                       out_config=str(d / "m.json"))
+                       out_config=str(d / "m.json"), monai=monai)
     import_images_stage(train=latent_model["train"], heldout=latent_model["heldout"], size=16,
                         channels=1, resize=True, out_train=str(d / "train.npz"),
                         out_heldout=str(d / "heldout.npz"), out_unused=str(d / "unused.npz"),

@@ -5,6 +5,9 @@ sm = snakemake  # noqa: F821
 with logged(sm.log[0]):
     print(
         import_model_stage(
-            folder=sm.params.folder, out_weights=sm.output.weights, out_config=sm.output.config
+            folder=sm.params.folder,
+            out_weights=sm.output.weights,
+            out_config=sm.output.config,
+            monai=sm.params.monai,
         )
     )

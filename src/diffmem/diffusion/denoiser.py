@@ -35,7 +35,8 @@ class Denoiser(torch.nn.Module):
         """The network's prediction at model time ``time`` (:meth:`NoiseProcess.model_time`)."""
         if label is not None:
             raise ValueError("this denoiser is unconditional: label must be None")
-        return self.net(x, time).sample
+        out = self.net(x, time)
+        return getattr(out, "sample", out)  # diffusers wraps its output; MONAI's is a tensor
 
     def eps(self, x: torch.Tensor, t: torch.Tensor, label=None, *,
             autocast: bool = False) -> torch.Tensor:
@@ -65,28 +66,53 @@ class LatentDenoiser(Denoiser):
       LDMPipeline decodes what its U-Net samples.
     * ``clip``: whether the scheduler clips x̂₀ (``clip_sample``; latent schedulers set it
       false): latents are otherwise unclipped, and images are clipped after decoding.
+    * MONAI's networks (``kind`` ``monai.AutoencoderKL`` / ``monai.VQVAE``): the posterior mean
+      ``z_mu`` of ``encode``, or a VQVAE's pre-quantization ``encode``; decoding through
+      ``decode_stage_2_outputs`` (a VQVAE quantizes there), as MONAI's LatentDiffusionInferer
+      decodes. ``intensity``: the range the autoencoder reads and writes images in (diffusers'
+      [-1, 1]; MONAI's pipelines [0, 1]), mapped from and to the audit's [-1, 1].
     """
 
     latent = True
 
     def __init__(self, net: torch.nn.Module, process: NoiseProcess, autoencoder: torch.nn.Module,
-                 *, kind: str, scale: float, shift: float = 0.0, clip: bool = False):
+                 *, kind: str, scale: float, shift: float = 0.0, clip: bool = False,
+                 intensity=(-1.0, 1.0), latent_shape=None):
         super().__init__(net, process, clip=clip)
         self.autoencoder, self.kind = autoencoder, kind
-        size = net.config.sample_size
-        size = int(size[0] if isinstance(size, (list, tuple)) else size)
-        self.latent_shape = (int(net.config.in_channels), size, size)
         self.scale, self.shift = float(scale), float(shift)
+        self.lo, self.hi = (float(v) for v in intensity)
+        if latent_shape is None:
+            size = net.config.sample_size
+            size = int(size[0] if isinstance(size, (list, tuple)) else size)
+            latent_shape = (int(net.config.in_channels), size, size)
+        self.latent_shape = tuple(int(s) for s in latent_shape)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.autoencoder.encode(x.to(next(self.autoencoder.parameters()).dtype))
-        z = out.latent_dist.mode() if self.kind == "AutoencoderKL" else out.latents
+        if (self.lo, self.hi) != (-1.0, 1.0):
+            x = self.lo + (x + 1) / 2 * (self.hi - self.lo)
+        x = x.to(next(self.autoencoder.parameters()).dtype)
+        if self.kind == "monai.AutoencoderKL":
+            z = self.autoencoder.encode(x)[0]  # (z_mu, z_sigma): the posterior mean
+        elif self.kind == "monai.VQVAE":
+            z = self.autoencoder.encode(x)
+        else:
+            out = self.autoencoder.encode(x)
+            z = out.latent_dist.mode() if self.kind == "AutoencoderKL" else out.latents
         return ((z - self.shift) * self.scale).float()
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.autoencoder.decode(z / self.scale + self.shift).sample.float().clamp(-1, 1)
+        z = z / self.scale + self.shift
+        if self.kind.startswith("monai."):
+            img = self.autoencoder.decode_stage_2_outputs(z)
+        else:
+            img = self.autoencoder.decode(z).sample
+        img = img.float()
+        if (self.lo, self.hi) != (-1.0, 1.0):
+            img = (img - self.lo) / (self.hi - self.lo) * 2 - 1
+        return img.clamp(-1, 1)
 
 
 def encode_images(model: Denoiser, images: np.ndarray, device, batch_size: int = 256):

@@ -38,7 +38,8 @@ def save_model(model, weights_path: str | os.PathLike, config_path: str | os.Pat
     """Weights as safetensors, the diffusers config (plus ``extra``) as JSON beside them. A latent
     model's autoencoder goes into the same file under the ``autoencoder.`` prefix (its config
     and the ``latent`` block are in ``extra``), so no rule's inputs change."""
-    cfg = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
+    # a diffusers U-Net's config; a MONAI network has none: its arguments come in ``extra``
+    cfg = {k: v for k, v in dict(getattr(model, "config", {})).items() if not k.startswith("_")}
     cfg = json.loads(json.dumps(cfg, default=list))
     state = dict(model.state_dict())
     if autoencoder is not None:
@@ -67,7 +68,13 @@ def load_model(weights_path: str | os.PathLike, config_path: str | os.PathLike,
     from .process import NoiseProcess
 
     meta = json.loads(Path(config_path).read_text())
-    net = UNet2DModel.from_config(meta["unet"])
+    monai = meta.get("unet_class", "").startswith("monai.")
+    if monai:  # a MONAI bundle's networks, built from their checked arguments
+        from .monai_bundle import build
+
+        net = build(meta["unet_class"].split(".", 1)[1], meta["unet"])
+    else:
+        net = UNet2DModel.from_config(meta["unet"])
     state, _ = load_safetensors(weights_path)
     ae_state = {k[len(AE_PREFIX):]: state.pop(k) for k in list(state) if k.startswith(AE_PREFIX)}
     net.load_state_dict(state, strict=True)
@@ -79,10 +86,17 @@ def load_model(weights_path: str | os.PathLike, config_path: str | os.PathLike,
                              f"no 'latent' block")
         return Denoiser(net, process).to(device).eval(), meta
     ae_cfg = {k: v for k, v in meta["autoencoder"].items() if not k.startswith("_")}
-    ae = getattr(diffusers, latent["kind"]).from_config(ae_cfg)
+    if latent["kind"].startswith("monai."):
+        from .monai_bundle import build
+
+        ae = build(latent["kind"].split(".", 1)[1], ae_cfg)
+    else:
+        ae = getattr(diffusers, latent["kind"]).from_config(ae_cfg)
     ae.load_state_dict(ae_state, strict=True)
     model = LatentDenoiser(net, process, ae, kind=latent["kind"], scale=latent["scale"],
-                           shift=latent.get("shift", 0.0), clip=bool(latent.get("clip", False)))
+                           shift=latent.get("shift", 0.0), clip=bool(latent.get("clip", False)),
+                           intensity=latent.get("intensity_range", (-1.0, 1.0)),
+                           latent_shape=latent["shape"])
     return model.to(device).eval(), meta
 
 
@@ -92,7 +106,7 @@ def image_shape(meta: dict) -> tuple[int, int, int]:
     if latent:
         return latent["channels"], latent["image_size"], latent["image_size"]
     u = meta["unet"]
-    return u["in_channels"], u["sample_size"], u["sample_size"]
+    return u["in_channels"], u["sample_size"], u["sample_size"]  # a pixel model: diffusers
 
 
 def process_shape(meta: dict) -> tuple[int, int, int]:

@@ -21,6 +21,7 @@ from ..data.images import (
     same_images,
 )
 from ..data.medmnist import max_train_size, medmnist_info
+from ..diffusion.monai_bundle import diffusion_of, inspect_bundle, is_bundle
 from ..diffusion.pretrained import (
     diffusion_from_scheduler,
     files_digest,
@@ -449,20 +450,37 @@ def generated_info(config: dict, name: str) -> dict:
             "images_digest": digests}
 
 
+MONAI_KEYS = ("config", "scale_factor", "intensity_range", "latent_shape")
+
+
+def monai_entry(entry: dict) -> dict:
+    """The keys of a ``models`` entry that describe a MONAI bundle (params of the import)."""
+    return {k: entry[k] for k in MONAI_KEYS if k in entry}
+
+
 def model_info(config: dict, name: str) -> dict:
     """Check one ``models`` entry before any job: the folder (JSON only, never unpickling),
     the scheduler, the images and the boundary-search choices. Returns what the rules need."""
     entry = config["models"][name]
     where = f"models.{name}"
+    monai = is_bundle(entry["folder"], entry)
     try:
-        info = inspect_model_folder(entry["folder"])
-        ae = info["autoencoder"]
-        diffusion = diffusion_from_scheduler(info["scheduler"], str(info["scheduler_path"]),
-                                             latent=ae is not None)
+        if monai:  # a MONAI bundle-like folder: definitions read without evaluating code
+            info = inspect_bundle(entry["folder"], monai_entry(entry))
+            diffusion = diffusion_of(info["scheduler"], info["scheduler_class"],
+                                     str(info["config_path"]))
+        else:
+            info = inspect_model_folder(entry["folder"])
+            diffusion = diffusion_from_scheduler(info["scheduler"], str(info["scheduler_path"]),
+                                                 latent=info["autoencoder"] is not None)
     except ModelFolderError as err:
         raise ConfigError(f"config error at {where}.folder: {err}") from None
-    unet = info["unet"]
-    size = latent_size(unet)
+    stray = [k for k in MONAI_KEYS if k in entry and not monai]
+    if stray:
+        raise ConfigError(f"config error at {where}.{stray[0]}: set for a diffusers folder; "
+                          f"expected only with a MONAI bundle folder")
+    ae, unet = info["autoencoder"], info["unet"]
+    size = ae["latent_size"] if monai else latent_size(unet)
     channels = int(unet.get("in_channels", 3))
     if ae is not None:  # the images are the decoder's: its size and channels
         size, channels = size * ae["factor"], ae["channels"]
@@ -506,7 +524,8 @@ def model_info(config: dict, name: str) -> dict:
                           f"data; set allow_signal_at_start: true to sample it anyway (the "
                           f"report says so)")
     return {"size": int(size), "channels": channels, "diffusion": diffusion,
-            "latent": ae is not None,
+            "latent": ae is not None, "kind": "monai" if monai else "diffusers",
+            "monai": monai_entry(entry) if monai else {},
             "images": counts, "images_digest": digests, "sample": sample,
             # every file the import reads: inputs of import_model, so an edit re-runs it, and
             # their contents' digest, a param of it, so an older file put in their place does

@@ -25,6 +25,7 @@ from ..attacks.boundary import (
 from ..data.images import read_images
 from ..device import resolve_device
 from ..diffusion.denoiser import reconstruct
+from ..diffusion.monai_bundle import is_bundle, load_bundle
 from ..diffusion.pretrained import load_pretrained
 from ..diffusion.process import NoiseProcess
 from ..diffusion.unet import load_model, save_model
@@ -37,10 +38,14 @@ from .scores import load_with_null
 log = logging.getLogger(__name__)
 
 
-def import_model_stage(*, folder: str, out_weights: str, out_config: str) -> dict:
+def import_model_stage(*, folder: str, out_weights: str, out_config: str,
+                       monai: dict | None = None) -> dict:
     """Convert a model folder into the workflow's own files (safetensors + JSON config), so every
-    later rule runs on it unchanged."""
-    model, extra, autoencoder = load_pretrained(folder)
+    later rule runs on it unchanged. ``monai``: a MONAI bundle's settings from the entry."""
+    if is_bundle(folder, monai):  # a MONAI bundle-like folder, converted to safetensors
+        model, extra, autoencoder = load_bundle(folder, monai)
+    else:
+        model, extra, autoencoder = load_pretrained(folder)
     save_model(model, out_weights, out_config, extra=extra, autoencoder=autoencoder)
     return extra
 

@@ -1,0 +1,369 @@
+"""MONAI's generative models from a bundle-like folder, read without evaluating any code.
+
+A MONAI bundle describes its networks in ``configs/inference.json`` in MONAI's config syntax,
+which evaluates Python: ``$`` strings are expressions, ``%`` strings macros, ``@`` strings
+references, ``_target_`` a class to import. The audit reads only three definitions,
+``autoencoder_def``, ``network_def`` and ``noise_scheduler``, plus ``latent_shape`` and
+``scale_factor`` where present, and evaluates none of it (nor uses ``monai.bundle.ConfigParser``,
+which imports torch when the DAG is built and evaluates expressions):
+
+* an ``@key`` whose value is a JSON literal (``"@spatial_dims"``, ``"@latent_channels"``) is
+  substituted; ``_requires_`` and ``_desc_`` are ignored; a ``$`` expression, a ``%`` macro or an
+  ``@`` reference to an object in a key that is read is refused with one line naming the key;
+* ``_target_`` must be one of :data:`TARGETS` (MONAI's networks and schedulers, and the older
+  ``generative.networks…`` names of MONAI GenerativeModels, whose ``num_channels`` is mapped to
+  ``channels``); each definition's arguments are checked against stated bounds;
+* 3D networks (``spatial_dims: 3``) and conditional ones (``with_conditioning``,
+  ``cross_attention_dim``, ``num_class_embeds``) are refused for now.
+
+Weights: bundles ship ``models/model_autoencoder.pt`` and ``models/model.pt``, pickles. The audit
+never unpickles; ``python -m diffmem.convert monai BUNDLE OUT`` (:mod:`diffmem.convert`), run
+once where the user trusts the files, writes ``models/model_autoencoder.safetensors`` and
+``models/model.safetensors`` beside a copy of the definitions, and the audit reads those.
+
+The latent scale factor is not stored in bundles (training computes it): it is read from
+``scale_factor`` in the JSON (a number, not an expression) or the entry's ``scale_factor``, and
+refused when neither gives it. MONAI pipelines work on images in [0, 1]; the entry's
+``intensity_range`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from ..errors import ModelFolderError
+
+CONFIG = Path("configs") / "inference.json"
+WEIGHTS = {"autoencoder": Path("models") / "model_autoencoder", "unet": Path("models") / "model"}
+CONVERT = "python -m diffmem.convert monai BUNDLE OUT"
+READ = ("autoencoder_def", "network_def", "noise_scheduler")
+# _target_ → (role, class); the older MONAI GenerativeModels names map onto MONAI's
+TARGETS = {
+    **{f"{root}.nets.AutoencoderKL": ("autoencoder", "AutoencoderKL")
+       for root in ("monai.networks", "generative.networks")},
+    **{f"{root}.nets.VQVAE": ("autoencoder", "VQVAE")
+       for root in ("monai.networks", "generative.networks")},
+    **{f"{root}.nets.DiffusionModelUNet": ("unet", "DiffusionModelUNet")
+       for root in ("monai.networks", "generative.networks")},
+    **{f"{root}.schedulers.{cls}": ("scheduler", cls)
+       for root in ("monai.networks", "generative.networks")
+       for cls in ("DDPMScheduler", "DDIMScheduler")},
+}
+RENAMED = {"num_channels": "channels"}  # GenerativeModels' argument names → MONAI's
+IGNORED = ("_requires_", "_desc_")
+MONAI_SCHEDULES = {"linear_beta": "linear", "scaled_linear_beta": "scaled_linear"}
+DEFAULT_INTENSITY = [0.0, 1.0]  # MONAI's generative tutorials and bundles scale images to [0, 1]
+
+_INT = {"type": "integer"}
+_CH = {"type": "integer", "minimum": 1, "maximum": 2048}
+_LEVELS = {"type": "array", "items": _CH, "minItems": 1, "maxItems": 8}
+_BLOCKS = {"oneOf": [{"type": "integer", "minimum": 1, "maximum": 16},
+                     {"type": "array", "items": {"type": "integer", "minimum": 1,
+                                                 "maximum": 16}}]}
+_BOOLS = {"type": "array", "items": {"type": "boolean"}}
+SCHEMAS = {
+    "AutoencoderKL": {"type": "object", "required": ["spatial_dims"], "properties": {
+        "spatial_dims": {"enum": [2]}, "in_channels": {"enum": [1, 3]},
+        "out_channels": {"enum": [1, 3]}, "channels": _LEVELS, "num_res_blocks": _BLOCKS,
+        "attention_levels": _BOOLS, "latent_channels": {"type": "integer", "minimum": 1,
+                                                        "maximum": 64},
+        "norm_num_groups": _CH, "norm_eps": {"type": "number", "exclusiveMinimum": 0,
+                                             "maximum": 1},
+        "with_encoder_nonlocal_attn": {"type": "boolean"},
+        "with_decoder_nonlocal_attn": {"type": "boolean"},
+        "use_checkpoint": {"type": "boolean"}, "use_convtranspose": {"type": "boolean"},
+        "include_fc": {"type": "boolean"}, "use_combined_linear": {"type": "boolean"},
+        "use_flash_attention": {"type": "boolean"}}},
+    "VQVAE": {"type": "object", "required": ["spatial_dims", "in_channels", "out_channels"],
+              "properties": {
+                  "spatial_dims": {"enum": [2]}, "in_channels": {"enum": [1, 3]},
+                  "out_channels": {"enum": [1, 3]}, "channels": _LEVELS,
+                  "num_res_layers": {"type": "integer", "minimum": 1, "maximum": 16},
+                  "num_res_channels": {"oneOf": [_CH, _LEVELS]},
+                  "num_embeddings": {"type": "integer", "minimum": 2, "maximum": 1_048_576},
+                  "embedding_dim": {"type": "integer", "minimum": 1, "maximum": 64},
+                  "downsample_parameters": {"type": "array"},
+                  "upsample_parameters": {"type": "array"},
+                  "embedding_init": {"enum": ["normal", "kaiming_uniform"]},
+                  "commitment_cost": {"type": "number"}, "decay": {"type": "number"},
+                  "epsilon": {"type": "number"}, "dropout": {"type": "number", "minimum": 0,
+                                                             "maximum": 1},
+                  "act": {"type": ["string", "null"]},
+                  "output_act": {"type": ["string", "null"]},
+                  "ddp_sync": {"type": "boolean"}, "use_checkpointing": {"type": "boolean"}}},
+    "DiffusionModelUNet": {
+        "type": "object", "required": ["spatial_dims", "in_channels", "out_channels"],
+        "properties": {
+            "spatial_dims": {"enum": [2]},
+            "in_channels": {"type": "integer", "minimum": 1, "maximum": 64},
+            "out_channels": {"type": "integer", "minimum": 1, "maximum": 64},
+            "channels": _LEVELS, "num_res_blocks": _BLOCKS, "attention_levels": _BOOLS,
+            "norm_num_groups": _CH,
+            "norm_eps": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+            "resblock_updown": {"type": "boolean"},
+            "num_head_channels": {"oneOf": [{"type": "integer", "minimum": 0},
+                                            {"type": "array", "items": {"type": "integer",
+                                                                        "minimum": 0}}]},
+            # conditional U-Nets are refused until the class-conditional work lands
+            "with_conditioning": {"enum": [False]}, "cross_attention_dim": {"type": "null"},
+            "num_class_embeds": {"type": "null"},
+            "transformer_num_layers": {"type": "integer", "minimum": 1, "maximum": 16},
+            "upcast_attention": {"type": "boolean"}, "dropout_cattn": {"type": "number"},
+            "include_fc": {"type": "boolean"}, "use_combined_linear": {"type": "boolean"},
+            "use_flash_attention": {"type": "boolean"}}},
+    "scheduler": {"type": "object", "properties": {
+        "num_train_timesteps": {"type": "integer", "minimum": 2, "maximum": 100_000},
+        "schedule": {"enum": list(MONAI_SCHEDULES)},
+        "beta_start": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+        "beta_end": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+        "variance_type": {"enum": ["fixed_small"]},
+        "clip_sample": {"type": "boolean"},
+        "clip_sample_min": {"type": "number"}, "clip_sample_max": {"type": "number"},
+        "prediction_type": {"enum": ["epsilon", "v_prediction"]},
+        "set_alpha_to_one": {"type": "boolean"}, "steps_offset": {"type": "integer"}}},
+}
+
+
+def is_bundle(folder: Path, entry: dict | None = None) -> bool:
+    """A folder MONAI-style: the entry names a config, or the folder has configs/inference.json
+    and no diffusers model_index.json."""
+    folder = Path(folder).expanduser()
+    if (entry or {}).get("config"):
+        return True
+    return (folder / CONFIG).is_file() and not (folder / "model_index.json").exists()
+
+
+def _literal(value) -> bool:
+    if isinstance(value, (bool, int, float)) or value is None:
+        return True
+    if isinstance(value, str):
+        return not value.startswith(("$", "%", "@"))
+    if isinstance(value, list):
+        return all(_literal(v) for v in value)
+    return False
+
+
+def resolve(value, config: dict, where: str, path: Path, depth: int = 0):
+    """``value`` with every ``@key`` literal substituted; anything that would need code refused
+    (see the module docstring)."""
+    if depth > 20:
+        raise ModelFolderError(f"{path}: {where} refers through more than 20 @ references")
+    if isinstance(value, str):
+        if value.startswith("$"):
+            raise ModelFolderError(f"{path}: {where} is a Python expression ({value[:60]!r}); "
+                                   f"diffmem evaluates no code from a config: write its value")
+        if value.startswith("%"):
+            raise ModelFolderError(f"{path}: {where} is a macro ({value[:60]!r}); diffmem "
+                                   f"follows none: write its value")
+        if value.startswith("@"):
+            key = value[1:]
+            node = config
+            for part in key.split("::"):
+                if not isinstance(node, dict) or part not in node:
+                    raise ModelFolderError(f"{path}: {where} refers to {value}, which the "
+                                           f"file does not define")
+                node = node[part]
+            target = resolve(node, config, f"{where} (via {value})", path, depth + 1) \
+                if isinstance(node, (str, list)) else node
+            if not _literal(target):
+                raise ModelFolderError(f"{path}: {where} refers to {value}, an object, not a "
+                                       f"JSON literal; only literal references are followed")
+            return target
+        return value
+    if isinstance(value, list):
+        return [resolve(v, config, f"{where}[{i}]", path, depth) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if k in IGNORED:
+                continue
+            if k.startswith("_") and k != "_target_":
+                raise ModelFolderError(f"{path}: {where}.{k} is a bundle directive diffmem "
+                                       f"does not follow; expected only _target_ and arguments")
+            out[k] = resolve(v, config, f"{where}.{k}", path, depth)
+        return out
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ModelFolderError(f"{path}: {where} = {value} is invalid: expected a finite number")
+    return value
+
+
+def definition(config: dict, key: str, role: str, path: Path) -> tuple[str, dict]:
+    """(class, arguments) of one definition, resolved and checked."""
+    from .pretrained import check_schema
+
+    if key not in config:
+        raise ModelFolderError(f"{path} has no {key}; expected the bundle's definitions "
+                               f"{', '.join(READ)}")
+    d = resolve(config[key], config, key, path)
+    if not isinstance(d, dict):
+        raise ModelFolderError(f"{path}: {key} is a JSON {type(d).__name__}; expected an "
+                               f"object with _target_")
+    target = d.pop("_target_", None)
+    if target not in TARGETS or TARGETS[target][0] != role:
+        allowed = sorted(t for t, (r, _) in TARGETS.items() if r == role)
+        raise ModelFolderError(f"{path}: {key}._target_ = {target!r} is not supported; "
+                               f"expected one of {allowed}")
+    cls = TARGETS[target][1]
+    args = {RENAMED.get(k, k): v for k, v in d.items()}
+    if args.get("spatial_dims") == 3:
+        raise ModelFolderError(f"{path}: {key}.spatial_dims = 3: 3D networks are not supported "
+                               f"yet; expected 2")
+    conditional = [k for k in ("with_conditioning", "cross_attention_dim", "num_class_embeds")
+                   if args.get(k)]
+    if conditional:
+        raise ModelFolderError(f"{path}: {key}.{conditional[0]} = {args[conditional[0]]!r}: "
+                               f"conditional U-Nets are not supported yet; expected an "
+                               f"unconditional network")
+    check_schema(args, SCHEMAS["scheduler" if role == "scheduler" else cls], f"{path}: {key}")
+    levels = args.get("channels")
+    for k in ("attention_levels",):
+        if levels and k in args and len(args[k]) != len(levels):
+            raise ModelFolderError(f"{path}: {key}.{k} has {len(args[k])} entries for "
+                                   f"{len(levels)} channels; expected as many")
+    groups = args.get("norm_num_groups", 32)
+    if levels and cls != "VQVAE" and any(c % groups for c in levels):
+        raise ModelFolderError(f"{path}: {key}.norm_num_groups {groups} does not divide "
+                               f"channels {levels}")
+    return cls, args
+
+
+def weights_of(folder: Path, role: str) -> Path:
+    """The safetensors file of a network; refused, naming the convert command, when only the
+    bundle's pickle is there."""
+    from .pretrained import read_weights_header
+
+    stem = folder / WEIGHTS[role]
+    safe = stem.with_suffix(".safetensors")
+    if safe.is_file():
+        read_weights_header(safe)
+        return safe
+    pickled = [p for p in (stem.with_suffix(s) for s in (".pt", ".pth", ".ckpt")) if p.exists()]
+    if pickled:
+        raise ModelFolderError(f"{pickled[0]} is pickled and diffmem never unpickles a user's "
+                               f"file: convert the bundle once where you trust it with "
+                               f"`{CONVERT}` and audit OUT")
+    raise ModelFolderError(f"no {safe.relative_to(folder)} in {folder}: expected the weights "
+                           f"`{CONVERT}` writes")
+
+
+def inspect_bundle(folder: str | Path, entry: dict | None = None) -> dict:
+    """The bundle's definitions and weights, checked as JSON and bytes before any job; the
+    same keys as :func:`diffmem.diffusion.pretrained.inspect_model_folder` returns."""
+    from .pretrained import _json
+
+    entry = entry or {}
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise ModelFolderError(f"model folder not found: {folder}")
+    path = folder / (entry.get("config") or CONFIG)
+    if not path.is_file():
+        raise ModelFolderError(f"no {path.relative_to(folder)} in {folder}: expected a MONAI "
+                               f"bundle's configs/inference.json")
+    config = _json(path)
+    ae_cls, ae = definition(config, "autoencoder_def", "autoencoder", path)
+    unet_cls, unet = definition(config, "network_def", "unet", path)
+    sched_cls, sched = definition(config, "noise_scheduler", "scheduler", path)
+    latent = ae.get("latent_channels", 3) if ae_cls == "AutoencoderKL" else \
+        ae.get("embedding_dim", 64)
+    if unet["in_channels"] != latent or unet["out_channels"] != latent:
+        raise ModelFolderError(f"{path}: network_def takes {unet['in_channels']} and gives "
+                               f"{unet['out_channels']} channels on the autoencoder's {latent}-"
+                               f"channel latents; expected {latent} of each")
+    channels = ae.get("in_channels", 1)
+    if ae.get("out_channels", 1) != channels:
+        raise ModelFolderError(f"{path}: autoencoder_def has {channels} input and "
+                               f"{ae.get('out_channels', 1)} output channels; expected as many")
+    shape = entry.get("latent_shape") or (resolve(config["latent_shape"], config,
+                                                  "latent_shape", path)
+                                          if "latent_shape" in config else None)
+    if not (isinstance(shape, list) and len(shape) == 3 and shape[0] == latent and
+            all(isinstance(s, int) and s >= 2 for s in shape) and shape[1] == shape[2]):
+        raise ModelFolderError(f"{path}: latent_shape is {shape!r}; expected [{latent}, s, s] "
+                               f"(in the JSON or the entry's latent_shape): the audit's "
+                               f"images are square")
+    scale = entry.get("scale_factor", config.get("scale_factor"))
+    if scale is None:
+        raise ModelFolderError(f"{path} has no scale_factor and the entry gives none: MONAI "
+                               f"computes it when training (1/std of the latents); set "
+                               f"scale_factor in the model's entry")
+    scale = resolve(scale, config, "scale_factor", path)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or \
+            not 0 < scale < 1000:
+        raise ModelFolderError(f"{path}: scale_factor = {scale!r} is invalid: expected a "
+                               f"number above 0 and below 1000")
+    levels = len(ae.get("channels", [32, 64, 64, 64])) if ae_cls == "AutoencoderKL" else \
+        len(ae.get("downsample_parameters", [0, 0, 0]))
+    rng = entry.get("intensity_range", DEFAULT_INTENSITY)
+    weights = {role: weights_of(folder, role) for role in WEIGHTS}
+    files = [path, weights["unet"], weights["autoencoder"]]
+    return {"kind": "monai", "config_path": path, "unet": unet, "unet_class": unet_cls,
+            "scheduler": sched, "scheduler_class": sched_cls, "scheduler_path": path,
+            "weights": [weights["unet"]],
+            "autoencoder": {"class": f"monai.{ae_cls}", "config": ae, "dir": folder,
+                            "config_path": path, "weights": [weights["autoencoder"]],
+                            "latent_channels": int(latent), "factor": 2 ** (levels - 1),
+                            "channels": int(channels), "scale": float(scale),
+                            "scale_source": "the model's entry (scale_factor)"
+                            if "scale_factor" in entry else f"{path.name} scale_factor",
+                            "shift": 0.0, "intensity_range": [float(r) for r in rng],
+                            "latent_size": int(shape[1])},
+            "files": [str(f) for f in files]}
+
+
+def diffusion_of(sched: dict, cls: str, where: str) -> dict:
+    """The NoiseProcess settings of a MONAI DDPM/DDIM scheduler definition."""
+    pred = sched.get("prediction_type", "epsilon")
+    start, end = sched.get("beta_start", 1e-4), sched.get("beta_end", 2e-2)
+    if start > end:
+        raise ModelFolderError(f"{where}: beta_start {start} is above beta_end {end}; expected a "
+                               f"noise schedule that rises")
+    if sched.get("clip_sample", True) and (sched.get("clip_sample_min", -1.0) != -1.0 or
+                                           sched.get("clip_sample_max", 1.0) != 1.0):
+        raise ModelFolderError(f"{where}: clip_sample between other bounds than [-1, 1] is not "
+                               f"supported")
+    return {"process": "ddpm", "num_train_timesteps": int(sched.get("num_train_timesteps", 1000)),
+            "beta_schedule": MONAI_SCHEDULES[sched.get("schedule", "linear_beta")],
+            "beta_start": float(start), "beta_end": float(end), "trained_betas": None,
+            "prediction_type": pred}
+
+
+def build(cls: str, args: dict):
+    """A MONAI network from its checked arguments."""
+    from monai.networks import nets
+
+    return getattr(nets, cls)(**args)
+
+
+def load_bundle(folder: str | Path, entry: dict | None = None):
+    """(U-Net, settings, autoencoder) of a converted bundle, each loaded strictly from
+    safetensors, as :func:`diffmem.diffusion.pretrained.load_pretrained` returns them."""
+    from .pretrained import load_state, strict_load
+    from .process import NoiseProcess
+
+    info = inspect_bundle(folder, entry)
+    diffusion = diffusion_of(info["scheduler"], info["scheduler_class"], str(info["config_path"]))
+    NoiseProcess.from_config(diffusion)
+    unet = build(info["unet_class"], info["unet"])
+    strict_load(unet, load_state(info["weights"]), str(info["weights"][0]), info["unet_class"])
+    ae = info["autoencoder"]
+    autoencoder = build(ae["class"].split(".", 1)[1], ae["config"])
+    strict_load(autoencoder, load_state(ae["weights"]), str(ae["weights"][0]),
+                ae["class"].split(".", 1)[1])
+    size = ae["latent_size"]
+    extra = {
+        "diffusion": diffusion,
+        # the U-Net's arguments (a MONAI network has no diffusers config to save)
+        "unet": info["unet"], "unet_class": f"monai.{info['unet_class']}",
+        "source": {"folder": str(Path(folder).resolve()), "scheduler":
+                   f"monai.{info['scheduler_class']}", "config": str(info["config_path"]),
+                   "autoencoder": "models/model_autoencoder.safetensors",
+                   "inference_settings_not_used": {}},
+        "autoencoder": {"_class_name": ae["class"], **ae["config"]},
+        "latent": {"kind": ae["class"], "scale": ae["scale"], "scale_source": ae["scale_source"],
+                   "shift": 0.0, "shape": [ae["latent_channels"], size, size],
+                   "image_size": size * ae["factor"], "channels": ae["channels"],
+                   "intensity_range": ae["intensity_range"],
+                   "clip": info["scheduler"].get("clip_sample", True) is not False}}
+    return unet.eval(), extra, autoencoder.eval()
+
