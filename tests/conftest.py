@@ -29,8 +29,9 @@ SHARED_DATA = Path(os.environ.get("DIFFMEM_TEST_DATA", ROOT.parent / "shared" / 
 TEST_CONFIG = ROOT / "workflow" / "configs" / "test.yaml"
 
 
-# the session fixtures of the shared end-to-end run
-SHARED_RUN = {"finished", "own_model", "latent_model", "monai_model"}
+# the session fixtures of the shared end-to-end run (the MONAI model's own run, and the tests
+# that use its fixture, are a group of their own: the other worker runs them meanwhile)
+SHARED_RUN = {"finished", "own_model", "latent_model"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups into the test ids
@@ -158,7 +159,26 @@ def monai_model(tmp_path_factory, data_root) -> dict:
 
 
 @pytest.fixture(scope="session")
-def finished(tmp_path_factory, data_root, own_model, latent_model, monai_model):
+def monai_finished(tmp_path_factory, data_root, monai_model):
+    """The MONAI model audited end to end from one `models:` entry (its converted bundle, its
+    scale factor), with nothing to train (`datasets: []`), every job under the unpickling
+    guard as in the shared run."""
+    wf = workflow_copy(tmp_path_factory.mktemp("monairun"))
+    cfg = yaml.safe_load(TEST_CONFIG.read_text())
+    cfg["data_root"] = str(data_root)
+    cfg["datasets"] = []
+    cfg["models"] = {"monai": {"folder": monai_model["bundle_converted"],
+                               "train": monai_model["train"], "heldout": monai_model["heldout"],
+                               "scale_factor": monai_model["scale_factor"],
+                               "sample": {"sampler": "ddpm", "steps": 100}}}
+    (wf / "monai.yaml").write_text(yaml.safe_dump(cfg))
+    proc = snakemake(wf, config=wf / "monai.yaml", guard_log=wf / "guard.log")
+    (wf / "run.log").write_text(proc.stdout + proc.stderr)
+    return wf
+
+
+@pytest.fixture(scope="session")
+def finished(tmp_path_factory, data_root, own_model, latent_model):
     """One complete local run of the test config, shared by the workflow and SLURM tests."""
     from .own_model import write_pngs
 
@@ -170,14 +190,7 @@ def finished(tmp_path_factory, data_root, own_model, latent_model, monai_model):
     cfg["models"] = {"own": {**own, "sample": {"sampler": "ddpm", "steps": 100}},
                      # and a latent one (an autoencoder and a U-Net on its latents)
                      "latent": {**{k: latent_model[k] for k in ("folder", "train", "heldout")},
-                                "sample": {"sampler": "ddpm", "steps": 100}},
-                     # and a MONAI one, from its converted bundle (its scale factor given here)
-                     # (trained on the same images as the latent one: they share a copy eye)
-                     "monai": {"folder": monai_model["bundle_converted"],
-                               "train": latent_model["train"],
-                               "heldout": latent_model["heldout"],
-                               "scale_factor": monai_model["scale_factor"],
-                               "sample": {"sampler": "ddpm", "steps": 100}}}
+                                "sample": {"sampler": "ddpm", "steps": 100}}}
     # a site's own PNGs (its training and held-out images; as a dataset of the fingerprint
     # study they are planned and read in test_a_dataset_of_your_own_pngs_..., which runs the
     # branch's first jobs: the rest is the code the MedMNIST run runs here)

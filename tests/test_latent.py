@@ -416,3 +416,20 @@ def test_the_latent_memorizer_is_audited_end_to_end(finished):
     report = (finished / "results/report.md").read_text()
     assert "latent: autoencoder AutoencoderKL (`vae/`)" in report
     assert "does the autoencoder reconstruct its training images better" in report
+
+
+def test_monai_keys_on_a_diffusers_folder_are_refused(tiny_ldm, tmp_path, data_root):
+    import yaml
+
+    from diffmem.stages.config import model_info
+
+    from .latent_model import images
+
+    imgs = images(data_root)
+    for key in ("train", "heldout"):
+        np.savez(tmp_path / f"{key}.npz", images=imgs[key])
+    cfg = yaml.safe_load(TEST_CONFIG.read_text())
+    cfg["models"] = {"l": {"folder": str(tiny_ldm), "train": str(tmp_path / "train.npz"),
+                           "heldout": str(tmp_path / "heldout.npz"), "scale_factor": 0.2}}
+    with pytest.raises(ConfigError, match="models.l.scale_factor: set for a diffusers folder"):
+        model_info(cfg, "l")

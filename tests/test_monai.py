@@ -199,14 +199,24 @@ def test_the_barely_trained_monai_unet_is_not_yes(monai_model, tmp_path, test_co
     assert answer(out["membership"], 0.05) != "yes"
 
 
-def test_the_monai_memorizer_is_audited_end_to_end(finished):
+def test_the_monai_memorizer_is_audited_end_to_end(monai_finished):
     """Converted by the command, audited from one models: entry: copy and membership rows yes;
-    the report names the kind and where the scale factor came from."""
-    verdict = pd.read_csv(finished / "results/verdict.csv")
+    the report names the kind and where the scale factor came from; no job unpickled anything
+    (the same guard as the shared run's)."""
+    import re
+
+    wf = monai_finished
+    verdict = pd.read_csv(wf / "results/verdict.csv")
     rows = verdict[verdict["run"] == "model monai"].set_index("question")["answer"]
     assert rows["does plain sampling copy training images?"] == "yes", rows
     assert rows["can training images be told from unseen ones?"] == "yes", rows
-    assert len(rows) == 6
-    report = (finished / "results/report.md").read_text()
+    assert len(rows) == 6 and len(verdict) == 6
+    report = (wf / "results/report.md").read_text()
     assert "latent: autoencoder monai.AutoencoderKL" in report
     assert "scale: the model's entry (scale_factor)" in report
+    assert (wf / "results/models/monai/audit/exposure.json").exists()
+    log = (wf / "guard.log").read_text().splitlines()
+    jobs = re.findall(r"(\d+) of \1 steps \(100%\) done", (wf / "run.log").read_text())
+    scripts = [line for line in log if line.startswith("active") and ".snakemake/scripts/" in line]
+    assert jobs and len(scripts) >= int(jobs[-1]) - 1, (len(scripts), jobs)
+    assert not [line for line in log if line.startswith("ATTEMPT")], log

@@ -164,10 +164,10 @@ def test_every_output_and_the_report(finished):
     # the report opens with the verdict: one row per run and question
     assert report.startswith("# Verdict")
     verdict = pd.read_csv(finished / "results/verdict.csv")
-    # two runs (breastmnist, an imported model), four questions each, two latent models
-    # (diffusers' and MONAI's: six each, their raw-null comparison and their autoencoder's
-    # question besides), and two generated image sets (only the copy question)
-    assert len(verdict) == 22
+    # two runs (breastmnist, an imported model), four questions each, a latent model (six:
+    # its raw-null comparison and its autoencoder's question besides), and two generated image
+    # sets (only the copy question)
+    assert len(verdict) == 16
     assert set(verdict["answer"]) <= {"yes", "no", "inconclusive", "inconclusive (no null)",
                                       "samples unlike the training data"}
     assert verdict["question"].tolist()[2] == "can training images be told from unseen ones?"
@@ -290,9 +290,8 @@ def own_pixel_only(verdict) -> str:
 
 def test_entries_that_share_training_images_share_one_copy_embedding(finished):
     """One copy embedding per distinct training images: the MedMNIST run's, the pixel model's,
-    one for the two latent models and one for the two generated sets (each pair shares its
-    training images); each trained on those images alone (its JSON says how many and their
-    digest)."""
+    the latent model's and one for the two generated sets that share their training images;
+    each trained on those images alone (its JSON says how many and their digest)."""
     keys = sorted(p.name for p in (finished / "results/copies").iterdir())
     assert len(keys) == 4 and "breastmnist-n64-seed0" in keys
     metas = {k: json.loads((finished / f"results/copies/{k}/embedding.json").read_text())
@@ -702,8 +701,8 @@ def test_a_scoring_setting_reruns_the_scores_not_the_models(finished):
 
 def test_a_copy_embedding_setting_reruns_the_embedding_and_the_scores_not_the_models(finished):
     """An edited copy-eye setting trains the four embeddings again (the MedMNIST run's, the
-    pixel model's, the latent models' shared one, the generated sets' shared one) and re-scores
-    what reads them; no model is trained, imported or sampled again."""
+    pixel model's, the latent model's, the generated sets' shared one) and re-scores what reads
+    them; no model is trained, imported or sampled again."""
     jobs = dry_run_with(finished, "c.yaml", lambda c: c["copies"].update(steps=100))
     assert jobs.pop("train_copy_embedding") == 4
     assert set(jobs) == {"extraction_metrics", "exposure", "generated_scores",

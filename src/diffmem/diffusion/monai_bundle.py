@@ -292,8 +292,17 @@ def inspect_bundle(folder: str | Path, entry: dict | None = None) -> dict:
             not 0 < scale < 1000:
         raise ModelFolderError(f"{path}: scale_factor = {scale!r} is invalid: expected a "
                                f"number above 0 and below 1000")
-    levels = len(ae.get("channels", [32, 64, 64, 64])) if ae_cls == "AutoencoderKL" else \
-        len(ae.get("downsample_parameters", [0, 0, 0]))
+    if ae_cls == "AutoencoderKL":  # a stride-2 downsampling between levels
+        factor = 2 ** (len(ae.get("channels", [32, 64, 64, 64])) - 1)
+    else:  # a VQVAE: one strided convolution per (stride, kernel, dilation, padding)
+        down = ae.get("downsample_parameters", [[2, 4, 1, 1]] * 3)
+        if not (isinstance(down, list) and down and all(
+                isinstance(d, list) and len(d) == 4 and all(isinstance(v, int) and v >= 1
+                                                            for v in d[:3]) for d in down)):
+            raise ModelFolderError(f"{path}: autoencoder_def.downsample_parameters = {down!r} is "
+                                   f"invalid: expected [stride, kernel, dilation, padding] per "
+                                   f"level")
+        factor = math.prod(d[0] for d in down)
     rng = entry.get("intensity_range", DEFAULT_INTENSITY)
     weights = {role: weights_of(folder, role) for role in WEIGHTS}
     files = [path, weights["unet"], weights["autoencoder"]]
@@ -302,7 +311,7 @@ def inspect_bundle(folder: str | Path, entry: dict | None = None) -> dict:
             "weights": [weights["unet"]],
             "autoencoder": {"class": f"monai.{ae_cls}", "config": ae, "dir": folder,
                             "config_path": path, "weights": [weights["autoencoder"]],
-                            "latent_channels": int(latent), "factor": 2 ** (levels - 1),
+                            "latent_channels": int(latent), "factor": int(factor),
                             "channels": int(channels), "scale": float(scale),
                             "scale_source": "the model's entry (scale_factor)"
                             if "scale_factor" in entry else f"{path.name} scale_factor",

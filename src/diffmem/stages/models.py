@@ -173,9 +173,10 @@ def boundary_search_images_stage(*, weights: str, model_config: str, train_npz: 
     return summary
 
 
-def autoencoder_audit_stage(*, weights: str, model_config: str, train_npz: str, heldout_npz: str,
-                      unused_npz: str, duplicates_npz: str, scoring: dict, membership: dict,
-                      device: str, out_heldout: str, out_json: str) -> dict:
+def autoencoder_audit_stage(*, weights: str, model_config: str, train_npz: str,
+                            heldout_npz: str, unused_npz: str, duplicates_npz: str | None,
+                            scoring: dict, membership: dict, device: str, out_heldout: str,
+                            out_json: str) -> dict:
     """A latent model's decoder-aware null (``heldout_decoded.npz``: D(E(x)) of every held-out
     image, in order) and its autoencoder's test (:mod:`diffmem.attacks.autoencoder`)."""
     dev = resolve_device(device)

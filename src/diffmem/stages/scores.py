@@ -25,7 +25,7 @@ def extraction_metrics_stage(*, train_npz: str, plain_npz: str, side_npzs: list[
                              raw_heldout_npz: str | None = None,
                              autoencoder_json: str | None = None) -> dict:
     """A latent model's ``heldout_npz`` is its decoder-aware null (D(E(x)) of the held-out
-    images, :mod:`diffmem.stages.autoencoder`): ``raw_heldout_npz`` (the raw images) then
+    images, :mod:`diffmem.attacks.autoencoder`): ``raw_heldout_npz`` (the raw images) then
     decides which of them are the copy eye's twins of a training image, so each reconstruction
     keeps its source's place in the null, and gives the raw null's copy answer, reported beside
     (``tests.plain_copies_raw_null``); ``autoencoder_json`` adds the autoencoder's own test."""
