@@ -433,3 +433,84 @@ def test_monai_keys_on_a_diffusers_folder_are_refused(tiny_ldm, tmp_path, data_r
                            "heldout": str(tmp_path / "heldout.npz"), "scale_factor": 0.2}}
     with pytest.raises(ConfigError, match="models.l.scale_factor: set for a diffusers folder"):
         model_info(cfg, "l")
+
+
+class _Oracle(torch.nn.Module):
+    """A latent 'U-Net' that has memorized one latent: from any x_t it predicts the noise that
+    makes x̂₀ = z exactly."""
+
+    def __init__(self, z: torch.Tensor, process):
+        super().__init__()
+        self.z = z
+        self.m, self.s = process.coefficients("cpu")
+
+    def forward(self, x, t):
+        m, s = self.m[t].view(-1, 1, 1, 1), self.s[t].view(-1, 1, 1, 1)
+        return (x - m * self.z) / s
+
+
+def test_the_walk_back_is_judged_against_decoded_references(tiny_ldm, tmp_path, test_config,
+                                                            data_root, monkeypatch):
+    """A latent model that returns the target's latent from any noise walks back to it at every
+    t: its decoded output is exactly the target's reconstruction D(E(x)). Against the raw
+    images it would not be (this untrained autoencoder's reconstructions look like nothing),
+    so the stage must compare with the decoded references; the controls never come back."""
+    from diffmem.diffusion.denoiser import LatentDenoiser, reconstruct
+    from diffmem.diffusion.pretrained import load_pretrained
+    from diffmem.diffusion.process import NoiseProcess
+    from diffmem.stages import models as stage
+
+    from .latent_model import images
+
+    imgs = images(data_root)
+    train, held = imgs["train"], imgs["heldout"][:10]
+    _, extra, ae = load_pretrained(tiny_ldm)
+    process = NoiseProcess.from_config(extra["diffusion"])
+    probe = LatentDenoiser(torch.nn.Identity(), process, ae, kind="AutoencoderKL", scale=0.18215,
+                           latent_shape=(2, 8, 8)).eval()
+    from diffmem.device import to_tensor
+
+    z = probe.encode(to_tensor(train[:1]))
+    model = LatentDenoiser(_Oracle(z, process), process, ae, kind="AutoencoderKL",
+                           scale=0.18215, latent_shape=(2, 8, 8)).eval()
+    # the premise: the reconstruction is far from the raw image (raw references would fail)
+    rec = reconstruct(model, train[:1], "cpu")
+    assert np.abs(rec.astype(float) - train[:1]).mean() > 20
+    monkeypatch.setattr(stage, "load_model", lambda w, c, d: (model, extra))
+    d = tmp_path
+    np.savez(d / "train.npz", images=train, names=np.array([f"t{i}" for i in range(6)]))
+    np.savez(d / "heldout.npz", images=held)
+    np.savez(d / "samples.npz", images=train[:2])
+    np.savez(d / "dup.npz", train_group=np.arange(6), heldout_group=6 + np.arange(10))
+    out = stage.boundary_search_images_stage(
+        weights="-", model_config="-", train_npz=str(d / "train.npz"),
+        heldout_npz=str(d / "heldout.npz"), samples_npz=str(d / "samples.npz"),
+        duplicates_npz=str(d / "dup.npz"), cfg=test_config["boundary"], chosen=[0], count=1,
+        mirror=False, matching={}, seed=2, device="cpu", bf16=False,
+        out_csv=str(d / "b.csv"), out_json=str(d / "b.json"), out_png=str(d / "b.png"),
+        graphs=False)
+    assert out["references"].startswith("decoded")
+    frame = pd.read_csv(d / "b.csv")
+    target = frame[frame["query"] == "target"]
+    assert (target["accepted"] == target["m"]).all(), target  # back from every t
+    controls = frame[frame["query"] != "target"]
+    assert controls["accepted"].sum() == 0, controls
+
+
+def test_a_kl_autoencoder_encodes_its_posterior_mean_scaled(tiny_ldm, tmp_path):
+    """z = scale·mode(E(x)), the same every call (membership and the walk-back start there),
+    and decode(z) = D(z / scale), through the model saved in the workflow's own files."""
+    from diffmem.diffusion.pretrained import load_pretrained
+    from diffmem.diffusion.unet import load_model, save_model
+
+    unet, extra, ae = load_pretrained(tiny_ldm)
+    save_model(unet, tmp_path / "m.safetensors", tmp_path / "m.json", extra=extra,
+               autoencoder=ae)
+    model, _ = load_model(tmp_path / "m.safetensors", tmp_path / "m.json")
+    x = torch.rand(4, 1, 16, 16) * 2 - 1
+    with torch.no_grad():
+        want = ae.encode(x).latent_dist.mode() * 0.18215
+        torch.testing.assert_close(model.encode(x), want)
+        torch.testing.assert_close(model.encode(x), model.encode(x), rtol=0, atol=0)
+        torch.testing.assert_close(model.decode(want),
+                                   ae.decode(want / 0.18215).sample.clamp(-1, 1))
