@@ -195,6 +195,13 @@ def test_a_vq_folder_encodes_before_quantizing_and_decodes_through_it(tmp_path):
         z = torch.randn(5, 3, 4, 4)
         torch.testing.assert_close(model.decode(z), vq.decode(z / 0.5).sample.clamp(-1, 1))
     assert meta["latent"]["shape"] == [3, 4, 4] and meta["latent"]["image_size"] == 8
+    # without scaling_factor a VQModel's scale is 1, as the original LDM VQ models were trained
+    # (diffusers' default 0.18215 decodes CompVis/ldm-celebahq-256 into noise)
+    from diffmem.diffusion.pretrained import inspect_model_folder
+
+    _edit(folder / "vqvae/config.json", scaling_factor=None)
+    ae_info = inspect_model_folder(folder)["autoencoder"]
+    assert ae_info["scale"] == 1.0 and "original LDM VQ" in ae_info["scale_source"]
 
 
 # --- the model object: sampling through the decoder, unclipped ------------------------------
@@ -300,8 +307,10 @@ def test_the_barely_trained_latent_unet_is_not_called_a_copier_nor_a_memorizer(
 
 def test_the_decoder_aware_null_keeps_every_reconstruction_in_its_source_s_place(
         latent_model, tmp_path, test_config):
-    """D(E(x)) of each held-out image, row for row: the same groups, the same halves of the
-    null, other pixels; the autoencoder's own row is asked of training vs unseen images."""
+    """D(E(x)) of each held-out image, row for row: the same near-duplicate groups (held-out
+    images in a group with a training image left out), the same halves of the null, and the
+    copy eye's twins decided on the raw images; other pixels. The autoencoder's own row is
+    asked of training vs unseen images."""
     from diffmem.diffusion.denoiser import reconstruct
     from diffmem.diffusion.unet import load_model
     from diffmem.io import load_npz
@@ -316,24 +325,40 @@ def test_the_decoder_aware_null_keeps_every_reconstruction_in_its_source_s_place
              indices=np.arange(6))
     np.savez(d / "heldout.npz", images=held)
     np.savez(d / "unused.npz", images=held[:0], indices=np.zeros(0, np.int64))
+    # groups: held-out 0 and 1 share training image 2's group (left out of the null); 10-13
+    # are one group of their own (kept together in one half)
+    h_group = 6 + np.arange(40)
+    h_group[[0, 1]] = 2
+    h_group[10:14] = 100
+    np.savez(d / "dup.npz", train_group=np.arange(6), heldout_group=h_group)
     ae = autoencoder_audit_stage(
         weights=str(d / "m.safetensors"), model_config=str(d / "m.json"),
         train_npz=str(d / "train.npz"), heldout_npz=str(d / "heldout.npz"),
-        unused_npz=str(d / "unused.npz"), duplicates_npz=None, device="cpu",
+        unused_npz=str(d / "unused.npz"), duplicates_npz=str(d / "dup.npz"), device="cpu",
         scoring=test_config["scoring"], membership={"margin": 0.05},
         out_heldout=str(d / "decoded.npz"), out_json=str(d / "ae.json"))
     decoded = load_npz(d / "decoded.npz")["images"]
     model, _ = load_model(d / "m.safetensors", d / "m.json")
     np.testing.assert_array_equal(decoded, reconstruct(model, held, "cpu"))
     assert decoded.shape == held.shape and (decoded != held).mean() > 0.5
-    raw = load_with_null(str(d / "train.npz"), str(d / "heldout.npz"), str(d / "unused.npz"),
-                         None, test_config["scoring"])[2]
-    dec = load_with_null(str(d / "train.npz"), str(d / "decoded.npz"), str(d / "unused.npz"),
-                         None, test_config["scoring"], twin_heldout=held)[2]
+
+    class Eye:  # calls held-out image 5 a twin of a training image, but only in its raw form
+        def twins_of(self, train, matching):
+            return lambda images: np.array([i == 5 and np.array_equal(images[i], held[5])
+                                            for i in range(len(images))], dtype=bool)
+
+    def pool_of(heldout, **kw):
+        return load_with_null(str(d / "train.npz"), str(heldout), str(d / "unused.npz"),
+                              str(d / "dup.npz"), test_config["scoring"], Eye(), **kw)[2]
+
+    raw, dec = pool_of(d / "heldout.npz"), pool_of(d / "decoded.npz", twin_heldout=held)
     for key in ("groups", "calibrate", "score"):
         np.testing.assert_array_equal(raw[key], dec[key])
+    assert raw["counts"] == dec["counts"] and len(raw["groups"]) == 40 - 3  # 0, 1 and 5 out
+    # without the raw images deciding, the eye would keep image 5's reconstruction
+    assert len(pool_of(d / "decoded.npz")["groups"]) == 40 - 2
     t = ae["test"]
-    assert (t["n"], t["null_n"]) == (6, 40) and t["question"].startswith("does the autoencoder")
+    assert (t["n"], t["null_n"]) == (6, 38) and t["question"].startswith("does the autoencoder")
     assert t["mean_error_train"] > 0 and t["mean_error_unseen"] > 0
 
 

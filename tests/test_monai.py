@@ -220,3 +220,116 @@ def test_the_monai_memorizer_is_audited_end_to_end(monai_finished):
     scripts = [line for line in log if line.startswith("active") and ".snakemake/scripts/" in line]
     assert jobs and len(scripts) >= int(jobs[-1]) - 1, (len(scripts), jobs)
     assert not [line for line in log if line.startswith("ATTEMPT")], log
+
+
+def test_a_monai_vqvae_is_read_and_coded_as_its_inferer_codes(converted):
+    """A VQVAE bundle: the latents are its quantized encoding (encode_stage_2_inputs, what
+    LatentDiffusionInferer trains on), scaled; decoding goes through decode_stage_2_outputs;
+    the image size follows its convolutions (stride, kernel, dilation, padding per level)."""
+    from monai.networks.nets import VQVAE
+
+    from diffmem.diffusion.denoiser import LatentDenoiser
+    from diffmem.diffusion.monai_bundle import inspect_bundle, load_bundle
+    from diffmem.diffusion.process import NoiseProcess
+
+    args = {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "channels": [8, 16],
+            "num_res_channels": [8, 16], "num_res_layers": 1, "num_embeddings": 16,
+            "embedding_dim": 2, "downsample_parameters": [[2, 4, 1, 1], [2, 4, 1, 1]],
+            "upsample_parameters": [[2, 4, 1, 1, 0], [2, 4, 1, 1, 0]]}
+    _set(converted, lambda c: c.update(
+        autoencoder_def={"_target_": "monai.networks.nets.VQVAE", **args},
+        latent_shape=[2, 4, 4]))
+    torch.manual_seed(0)
+    vq = VQVAE(**args).eval()
+    save_file(vq.state_dict(), str(converted / "models/model_autoencoder.safetensors"))
+    info = inspect_bundle(converted, {"scale_factor": 0.5})
+    assert info["autoencoder"]["factor"] == 4 and info["autoencoder"]["latent_channels"] == 2
+    assert vq.encode(torch.zeros(1, 1, 16, 16)).shape[-1] == 4  # the factor is the network's
+    _, extra, ae = load_bundle(converted, {"scale_factor": 0.5})
+    assert extra["latent"]["image_size"] == 16 and extra["latent"]["kind"] == "monai.VQVAE"
+    model = LatentDenoiser(torch.nn.Identity(), NoiseProcess.from_config(extra["diffusion"]), ae,
+                           kind="monai.VQVAE", scale=0.5, intensity=(0.0, 1.0),
+                           latent_shape=(2, 4, 4)).eval()
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode(x), vq.encode_stage_2_inputs((x + 1) / 2) * 0.5)
+        z = torch.randn(2, 2, 4, 4)
+        torch.testing.assert_close(model.decode(z), (vq.decode_stage_2_outputs(z / 0.5) * 2 - 1)
+                                   .clamp(-1, 1))
+    # one (stride, kernel, dilation, padding) per level, mapping the size exactly
+    _set(converted, lambda c: c["autoencoder_def"].update(
+        downsample_parameters=[[2, 3, 1, 0], [2, 4, 1, 1]]))
+    refused(inspect_bundle, converted, {"scale_factor": 0.5},
+            match="downsampling maps 16-px images onto 3-px latents, not the latent_shape's 4")
+    _set(converted, lambda c: c["autoencoder_def"].update(
+        downsample_parameters=[[2, 4, 1, 1]] * 3))
+    refused(inspect_bundle, converted, {"scale_factor": 0.5},
+            match="downsample_parameters has 3 entries for 2 channels; expected one per level")
+
+
+@pytest.mark.parametrize("case,match", [
+    ("nested_expression", "network_def.num_channels[1] is a Python expression"),
+    ("path_to_object", "refers to @network_def::channels_def, an object, not a JSON literal"),
+    ("literal_path", None),
+    ("cycle", "refers through more than 20 @ references"),
+    ("unknown_argument", "is invalid"),
+    ("intensity", "intensity_range = [1.0, 0.0] is invalid: expected [low, high] with low below"),
+])
+def test_what_the_reader_follows_and_refuses(converted, case, match):
+    from diffmem.diffusion.monai_bundle import inspect_bundle
+
+    entry = {"scale_factor": 0.3}
+    if case == "nested_expression":
+        _set(converted, lambda c: c["network_def"].update(num_channels=[32, "$64"]))
+    elif case == "path_to_object":
+        _set(converted, lambda c: c["network_def"].update(
+            channels_def={"a": 1}, num_channels="@network_def::channels_def"))
+    elif case == "literal_path":  # @a::b to a literal list is followed
+        _set(converted, lambda c: c.update(sizes={"unet": [32, 64]}) or c["network_def"].update(
+            num_channels="@sizes::unet"))
+    elif case == "cycle":
+        _set(converted, lambda c: c.update(a="@b", b="@a") or c.update(latent_channels="@a"))
+    elif case == "unknown_argument":
+        _set(converted, lambda c: c["network_def"].update(resblock_count=3))
+    elif case == "intensity":
+        entry["intensity_range"] = [1.0, 0.0]
+    if match is None:
+        assert inspect_bundle(converted, entry)["unet"]["channels"] == [32, 64]
+    else:
+        refused(inspect_bundle, converted, entry, match=match)
+
+
+def test_references_that_fan_out_are_resolved_once(converted):
+    """A few hundred bytes whose references fan out 4 ways over 18 levels (4^18 paths) are read
+    in well under a second: each reference is resolved once."""
+    import time
+
+    from diffmem.diffusion.monai_bundle import resolve
+
+    cfg = {f"a{i}": [f"@a{i + 1}"] * 4 for i in range(18)} | {"a18": 1}
+    t0 = time.perf_counter()
+    out = resolve("@a0", cfg, "x", converted)
+    assert len(out) == 4 and time.perf_counter() - t0 < 1
+
+
+def test_a_pt_that_leaves_tensors_unset_is_refused_by_the_convert_command(tmp_path):
+    """MONAI's load_old_state_dict fills a missing output projection with an identity and keeps
+    initial values for keys it does not find: the command refuses such a file in one line."""
+    from diffmem.convert import convert_monai
+    from diffmem.errors import ModelFolderError
+
+    from .monai_model import networks, old_layout, save_bundle
+
+    ae, unet = networks(4)
+    save_bundle(tmp_path / "bundle", ae, unet)
+    state = old_layout(ae.state_dict())
+    dropped = {k: v for k, v in state.items() if ".proj_attn." not in k}
+    assert len(dropped) < len(state)
+    torch.save(dropped, tmp_path / "bundle/models/model_autoencoder.pt")
+    with pytest.raises(ModelFolderError, match="tensors of the network are not in the file"):
+        convert_monai(tmp_path / "bundle", tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # nothing half-written looks finished
+    del dropped[next(k for k in dropped if k.endswith(".to_q.weight"))]
+    torch.save(dropped, tmp_path / "bundle/models/model_autoencoder.pt")
+    with pytest.raises(ModelFolderError, match="its tensors do not match AutoencoderKL"):
+        convert_monai(tmp_path / "bundle", tmp_path / "out")

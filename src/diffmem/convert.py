@@ -25,7 +25,6 @@ from .errors import ModelFolderError
 
 def convert_monai(bundle: str | Path, out: str | Path, config: str | None = None) -> dict:
     """Write OUT (see the module docstring); returns what was written."""
-    import torch
     from safetensors.torch import save_file
 
     bundle, out = Path(bundle).expanduser(), Path(out).expanduser()
@@ -36,27 +35,31 @@ def convert_monai(bundle: str | Path, out: str | Path, config: str | None = None
     (stage / CONFIG).parent.mkdir(parents=True)
     source = bundle / (config or CONFIG)
     if not source.is_file():
-        raise ModelFolderError(f"no {source.relative_to(bundle)} in {bundle}: expected a MONAI "
-                               f"bundle's configs/inference.json")
+        raise ModelFolderError(f"{source} not found: expected a MONAI bundle's "
+                               f"configs/inference.json")
     shutil.copyfile(source, stage / CONFIG)
     written = {}
     for role, key in (("autoencoder", "autoencoder_def"), ("unet", "network_def")):
         info = _definitions(stage, key)
         pt = bundle / WEIGHTS[role].with_suffix(".pt")
         if not pt.is_file():
-            raise ModelFolderError(f"no {pt.relative_to(bundle)} in {bundle}: expected the "
-                                   f"bundle's weights")
+            raise ModelFolderError(f"{pt} not found: expected the bundle's weights")
         net = build(*info)
-        state = torch.load(pt, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state and \
-                isinstance(state["state_dict"], dict):
-            state = state["state_dict"]
-        if set(state) == set(net.state_dict()):
-            net.load_state_dict(state, strict=True)
-        elif hasattr(net, "load_old_state_dict"):  # MONAI GenerativeModels' key layout
-            net.load_old_state_dict(dict(state))
-        else:
-            raise ModelFolderError(f"{pt}: its tensors do not match {info[0]} as defined")
+        state = _read_pt(pt)
+        try:
+            if set(state) == set(net.state_dict()):
+                net.load_state_dict(state, strict=True)
+            elif hasattr(net, "load_old_state_dict"):  # MONAI GenerativeModels' key layout
+                net.load_old_state_dict(dict(state))
+                _all_from_file(net, state, pt)
+            else:
+                raise ModelFolderError(f"{pt}: its tensors do not match {info[0]} as defined")
+        except ModelFolderError:
+            raise
+        except (KeyError, RuntimeError, ValueError) as err:  # mis-named or mis-shaped
+            raise ModelFolderError(f"{pt}: its tensors do not match {info[0]} as defined "
+                                   f"({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+                                   ) from None
         target = stage / WEIGHTS[role].with_suffix(".safetensors")
         target.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()},
@@ -65,6 +68,43 @@ def convert_monai(bundle: str | Path, out: str | Path, config: str | None = None
     shutil.rmtree(out, ignore_errors=True)
     stage.rename(out)
     return written
+
+
+def _read_pt(pt: Path) -> dict:
+    """A .pt of tensors, through ``torch.load(weights_only=True)``: tensors and plain containers
+    only (a pickle of anything else fails to load); a ``state_dict`` entry is unwrapped."""
+    import torch
+
+    try:
+        state = torch.load(pt, map_location="cpu", weights_only=True)
+    except Exception as err:  # weights_only refuses any other object: one line, not a traceback
+        raise ModelFolderError(f"{pt} is not a file of tensors torch.load(weights_only=True) "
+                               f"reads ({type(err).__name__})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not (isinstance(state, dict) and state and
+            all(isinstance(v, torch.Tensor) for v in state.values())):
+        raise ModelFolderError(f"{pt} does not hold a state dict of tensors")
+    return state
+
+
+def _all_from_file(net, state: dict, pt: Path) -> None:
+    """After MONAI's ``load_old_state_dict`` (which keeps a network's initial values for keys it
+    does not find, and fills a missing output projection with an identity): every tensor of the
+    network must be one of the file's, and every tensor of the file used."""
+    def key(t):
+        t = t.detach().cpu().contiguous()
+        return tuple(t.shape), str(t.dtype), t.numpy().tobytes()
+
+    file_tensors = {}
+    for name, t in state.items():
+        file_tensors.setdefault(key(t), []).append(name)
+    invented = [k for k, t in net.state_dict().items() if key(t) not in file_tensors]
+    if invented or len(state) != len(net.state_dict()):
+        raise ModelFolderError(
+            f"{pt}: {len(invented)} tensors of the network are not in the file "
+            f"({', '.join(invented[:3])}) and the file holds {len(state)} tensors for its "
+            f"{len(net.state_dict())}; expected every tensor from the file")
 
 
 def _definitions(folder: Path, key: str) -> tuple[str, dict]:

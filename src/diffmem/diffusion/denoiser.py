@@ -67,10 +67,11 @@ class LatentDenoiser(Denoiser):
     * ``clip``: whether the scheduler clips x̂₀ (``clip_sample``; latent schedulers set it
       false): latents are otherwise unclipped, and images are clipped after decoding.
     * MONAI's networks (``kind`` ``monai.AutoencoderKL`` / ``monai.VQVAE``): the posterior mean
-      ``z_mu`` of ``encode``, or a VQVAE's pre-quantization ``encode``; decoding through
-      ``decode_stage_2_outputs`` (a VQVAE quantizes there), as MONAI's LatentDiffusionInferer
-      decodes. ``intensity``: the range the autoencoder reads and writes images in (diffusers'
-      [-1, 1]; MONAI's pipelines [0, 1]), mapped from and to the audit's [-1, 1].
+      ``z_mu`` of ``encode``, or a VQVAE's quantized latents (``encode_stage_2_inputs``, what
+      MONAI's LatentDiffusionInferer trains the U-Net on); decoding through
+      ``decode_stage_2_outputs`` (a VQVAE quantizes there), as that inferer decodes.
+      ``intensity``: the range the autoencoder reads and writes images in (diffusers' [-1, 1];
+      MONAI's pipelines [0, 1]), mapped from and to the audit's [-1, 1].
     """
 
     latent = True
@@ -95,8 +96,8 @@ class LatentDenoiser(Denoiser):
         x = x.to(next(self.autoencoder.parameters()).dtype)
         if self.kind == "monai.AutoencoderKL":
             z = self.autoencoder.encode(x)[0]  # (z_mu, z_sigma): the posterior mean
-        elif self.kind == "monai.VQVAE":
-            z = self.autoencoder.encode(x)
+        elif self.kind == "monai.VQVAE":  # quantized, as MONAI's LatentDiffusionInferer trains
+            z = self.autoencoder.encode_stage_2_inputs(x)
         else:
             out = self.autoencoder.encode(x)
             z = out.latent_dist.mode() if self.kind == "AutoencoderKL" else out.latents

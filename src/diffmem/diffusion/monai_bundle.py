@@ -63,7 +63,8 @@ _BLOCKS = {"oneOf": [{"type": "integer", "minimum": 1, "maximum": 16},
                                                  "maximum": 16}}]}
 _BOOLS = {"type": "array", "items": {"type": "boolean"}}
 SCHEMAS = {
-    "AutoencoderKL": {"type": "object", "required": ["spatial_dims"], "properties": {
+    "AutoencoderKL": {"type": "object", "required": ["spatial_dims"],
+                      "additionalProperties": False, "properties": {
         "spatial_dims": {"enum": [2]}, "in_channels": {"enum": [1, 3]},
         "out_channels": {"enum": [1, 3]}, "channels": _LEVELS, "num_res_blocks": _BLOCKS,
         "attention_levels": _BOOLS, "latent_channels": {"type": "integer", "minimum": 1,
@@ -76,6 +77,7 @@ SCHEMAS = {
         "include_fc": {"type": "boolean"}, "use_combined_linear": {"type": "boolean"},
         "use_flash_attention": {"type": "boolean"}}},
     "VQVAE": {"type": "object", "required": ["spatial_dims", "in_channels", "out_channels"],
+              "additionalProperties": False,
               "properties": {
                   "spatial_dims": {"enum": [2]}, "in_channels": {"enum": [1, 3]},
                   "out_channels": {"enum": [1, 3]}, "channels": _LEVELS,
@@ -94,7 +96,7 @@ SCHEMAS = {
                   "ddp_sync": {"type": "boolean"}, "use_checkpointing": {"type": "boolean"}}},
     "DiffusionModelUNet": {
         "type": "object", "required": ["spatial_dims", "in_channels", "out_channels"],
-        "properties": {
+        "additionalProperties": False, "properties": {
             "spatial_dims": {"enum": [2]},
             "in_channels": {"type": "integer", "minimum": 1, "maximum": 64},
             "out_channels": {"type": "integer", "minimum": 1, "maximum": 64},
@@ -112,7 +114,7 @@ SCHEMAS = {
             "upcast_attention": {"type": "boolean"}, "dropout_cattn": {"type": "number"},
             "include_fc": {"type": "boolean"}, "use_combined_linear": {"type": "boolean"},
             "use_flash_attention": {"type": "boolean"}}},
-    "scheduler": {"type": "object", "properties": {
+    "scheduler": {"type": "object", "additionalProperties": False, "properties": {
         "num_train_timesteps": {"type": "integer", "minimum": 2, "maximum": 100_000},
         "schedule": {"enum": list(MONAI_SCHEDULES)},
         "beta_start": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
@@ -134,19 +136,21 @@ def is_bundle(folder: Path, entry: dict | None = None) -> bool:
     return (folder / CONFIG).is_file() and not (folder / "model_index.json").exists()
 
 
-def _literal(value) -> bool:
-    if isinstance(value, (bool, int, float)) or value is None:
-        return True
-    if isinstance(value, str):
-        return not value.startswith(("$", "%", "@"))
-    if isinstance(value, list):
-        return all(_literal(v) for v in value)
-    return False
+MAX_NODES = 100_000  # JSON values resolved per definition: a bound on the work, not a limit
+# any real bundle comes near (the Zoo's definitions have tens)
 
 
-def resolve(value, config: dict, where: str, path: Path, depth: int = 0):
+def resolve(value, config: dict, where: str, path: Path, depth: int = 0,
+            seen: dict | None = None):
     """``value`` with every ``@key`` literal substituted; anything that would need code refused
-    (see the module docstring)."""
+    (see the module docstring). Each reference is resolved once (``seen``), and the values
+    visited are counted, so a small file whose references fan out cannot make the DAG build
+    run for ever."""
+    seen = {"__nodes__": 0} if seen is None else seen
+    seen["__nodes__"] += 1
+    if seen["__nodes__"] > MAX_NODES:
+        raise ModelFolderError(f"{path}: {where} expands to more than {MAX_NODES:,} values "
+                               f"through its @ references; expected a network's settings")
     if depth > 20:
         raise ModelFolderError(f"{path}: {where} refers through more than 20 @ references")
     if isinstance(value, str):
@@ -157,22 +161,24 @@ def resolve(value, config: dict, where: str, path: Path, depth: int = 0):
             raise ModelFolderError(f"{path}: {where} is a macro ({value[:60]!r}); diffmem "
                                    f"follows none: write its value")
         if value.startswith("@"):
-            key = value[1:]
+            if value in seen:
+                return seen[value]
             node = config
-            for part in key.split("::"):
+            for part in value[1:].split("::"):
                 if not isinstance(node, dict) or part not in node:
                     raise ModelFolderError(f"{path}: {where} refers to {value}, which the "
                                            f"file does not define")
                 node = node[part]
-            target = resolve(node, config, f"{where} (via {value})", path, depth + 1) \
-                if isinstance(node, (str, list)) else node
-            if not _literal(target):
+            if not _literal_shape(node):
                 raise ModelFolderError(f"{path}: {where} refers to {value}, an object, not a "
                                        f"JSON literal; only literal references are followed")
+            target = resolve(node, config, f"{where} (via {value})", path, depth + 1, seen)
+            seen[value] = target
             return target
         return value
     if isinstance(value, list):
-        return [resolve(v, config, f"{where}[{i}]", path, depth) for i, v in enumerate(value)]
+        return [resolve(v, config, f"{where}[{i}]", path, depth, seen)
+                for i, v in enumerate(value)]
     if isinstance(value, dict):
         out = {}
         for k, v in value.items():
@@ -181,11 +187,21 @@ def resolve(value, config: dict, where: str, path: Path, depth: int = 0):
             if k.startswith("_") and k != "_target_":
                 raise ModelFolderError(f"{path}: {where}.{k} is a bundle directive diffmem "
                                        f"does not follow; expected only _target_ and arguments")
-            out[k] = resolve(v, config, f"{where}.{k}", path, depth)
+            out[k] = resolve(v, config, f"{where}.{k}", path, depth, seen)
         return out
     if isinstance(value, float) and not math.isfinite(value):
         raise ModelFolderError(f"{path}: {where} = {value} is invalid: expected a finite number")
     return value
+
+
+def _literal_shape(node) -> bool:
+    """A value a literal reference may point at: no object anywhere in it (its strings are
+    resolved, and refused if they are code, by :func:`resolve`)."""
+    if isinstance(node, dict):
+        return False
+    if isinstance(node, list):
+        return all(_literal_shape(v) for v in node)
+    return True
 
 
 def definition(config: dict, key: str, role: str, path: Path) -> tuple[str, dict]:
@@ -217,10 +233,13 @@ def definition(config: dict, key: str, role: str, path: Path) -> tuple[str, dict
                                f"unconditional network")
     check_schema(args, SCHEMAS["scheduler" if role == "scheduler" else cls], f"{path}: {key}")
     levels = args.get("channels")
-    for k in ("attention_levels",):
-        if levels and k in args and len(args[k]) != len(levels):
-            raise ModelFolderError(f"{path}: {key}.{k} has {len(args[k])} entries for "
-                                   f"{len(levels)} channels; expected as many")
+    for k in ("attention_levels", "num_res_blocks", "num_head_channels", "num_res_channels",
+              "downsample_parameters", "upsample_parameters"):
+        v = args.get(k)
+        if levels and isinstance(v, list) and len(v) != len(levels) and not (
+                k.endswith("_parameters") and v and not isinstance(v[0], list)):
+            raise ModelFolderError(f"{path}: {key}.{k} has {len(v)} entries for "
+                                   f"{len(levels)} channels; expected one per level")
     groups = args.get("norm_num_groups", 32)
     if levels and cls != "VQVAE" and any(c % groups for c in levels):
         raise ModelFolderError(f"{path}: {key}.norm_num_groups {groups} does not divide "
@@ -258,8 +277,8 @@ def inspect_bundle(folder: str | Path, entry: dict | None = None) -> dict:
         raise ModelFolderError(f"model folder not found: {folder}")
     path = folder / (entry.get("config") or CONFIG)
     if not path.is_file():
-        raise ModelFolderError(f"no {path.relative_to(folder)} in {folder}: expected a MONAI "
-                               f"bundle's configs/inference.json")
+        raise ModelFolderError(f"{path} not found: expected a MONAI bundle's "
+                               f"configs/inference.json (or the entry's config)")
     config = _json(path)
     ae_cls, ae = definition(config, "autoencoder_def", "autoencoder", path)
     unet_cls, unet = definition(config, "network_def", "unet", path)
@@ -294,16 +313,12 @@ def inspect_bundle(folder: str | Path, entry: dict | None = None) -> dict:
                                f"number above 0 and below 1000")
     if ae_cls == "AutoencoderKL":  # a stride-2 downsampling between levels
         factor = 2 ** (len(ae.get("channels", [32, 64, 64, 64])) - 1)
-    else:  # a VQVAE: one strided convolution per (stride, kernel, dilation, padding)
-        down = ae.get("downsample_parameters", [[2, 4, 1, 1]] * 3)
-        if not (isinstance(down, list) and down and all(
-                isinstance(d, list) and len(d) == 4 and all(isinstance(v, int) and v >= 1
-                                                            for v in d[:3]) for d in down)):
-            raise ModelFolderError(f"{path}: autoencoder_def.downsample_parameters = {down!r} is "
-                                   f"invalid: expected [stride, kernel, dilation, padding] per "
-                                   f"level")
-        factor = math.prod(d[0] for d in down)
+    else:  # a VQVAE: one convolution per level, (stride, kernel, dilation, padding)
+        factor = vqvae_factor(ae, int(shape[1]), path)
     rng = entry.get("intensity_range", DEFAULT_INTENSITY)
+    if not (isinstance(rng, list) and len(rng) == 2 and rng[0] < rng[1]):
+        raise ModelFolderError(f"intensity_range = {rng!r} is invalid: expected [low, high] "
+                               f"with low below high (MONAI's [0, 1] by default)")
     weights = {role: weights_of(folder, role) for role in WEIGHTS}
     files = [path, weights["unet"], weights["autoencoder"]]
     return {"kind": "monai", "config_path": path, "unet": unet, "unet_class": unet_cls,
@@ -318,6 +333,31 @@ def inspect_bundle(folder: str | Path, entry: dict | None = None) -> dict:
                             "shift": 0.0, "intensity_range": [float(r) for r in rng],
                             "latent_size": int(shape[1])},
             "files": [str(f) for f in files]}
+
+
+def vqvae_factor(ae: dict, latent: int, path: Path) -> int:
+    """A MONAI VQVAE's image-to-latent size ratio: its encoder runs one convolution per level
+    with that level's (stride, kernel, dilation, padding); the image size s·latent must map
+    back onto ``latent`` (else the images cannot be read at a size that gives these latents)."""
+    levels = len(ae.get("channels", [96, 96, 192]))
+    down = ae.get("downsample_parameters", [2, 4, 1, 1])
+    if isinstance(down, list) and down and not isinstance(down[0], list):
+        down = [down] * levels  # one tuple for every level, as MONAI takes it
+    if not (isinstance(down, list) and len(down) == levels and all(
+            isinstance(d, list) and len(d) == 4 and all(isinstance(v, int) for v in d) and
+            d[0] >= 1 and d[1] >= 1 and d[2] >= 1 and d[3] >= 0 for d in down)):
+        raise ModelFolderError(f"{path}: autoencoder_def.downsample_parameters = {down!r} is "
+                               f"invalid: expected [stride, kernel, dilation, padding] for each "
+                               f"of its {levels} levels")
+    factor = math.prod(d[0] for d in down)
+    size = latent * factor
+    for stride, kernel, dilation, pad in down:
+        size = (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+    if size != latent:
+        raise ModelFolderError(f"{path}: autoencoder_def's downsampling maps {latent * factor}-px "
+                               f"images onto {size}-px latents, not the latent_shape's {latent}; "
+                               f"expected strided convolutions that divide the size exactly")
+    return factor
 
 
 def diffusion_of(sched: dict, cls: str, where: str) -> dict:

@@ -57,9 +57,11 @@ CONVERT = ("convert it once where you trust it: UNet2DModel.from_pretrained(dir)
            ".save_pretrained(dir, safe_serialization=True)")
 LATENT_PIPELINES = ("LDMPipeline",)
 AUTOENCODERS = {"vqvae": "VQModel", "vae": "AutoencoderKL"}  # folder → the class it holds
-# diffusers' default latent scale (VQModel's and AutoencoderKL's scaling_factor) when a config
-# has none: the scale LDMPipeline then divides latents by
-DEFAULT_LATENT_SCALE = 0.18215
+# the latent scale when a config has none: an AutoencoderKL's is diffusers' default 0.18215
+# (Stable Diffusion's, which KL latent models keep); a VQModel's is 1, the scale the original
+# LDM VQ models (CompVis/ldm-celebahq-256 among them) were trained at: diffusers' LDMPipeline
+# divides by VQModel's default 0.18215 and decodes such a model into noise (diffusers #6725)
+DEFAULT_LATENT_SCALE = {"AutoencoderKL": 0.18215, "VQModel": 1.0}
 
 # the blocks diffusers' UNet2DModel builds without a conditioning input (cross-attention and
 # the latent encoder/decoder blocks need one, or are not a denoiser)
@@ -510,13 +512,16 @@ def inspect_autoencoder(folder: Path, index: Path) -> dict:
     if cls == "VQModel" and cfg.get("vq_embed_dim") is not None:
         latent = cfg["vq_embed_dim"]  # the U-Net works on the quantizer's input
     scale = cfg.get("scaling_factor")
+    default = DEFAULT_LATENT_SCALE[cls]
     return {"dir": ae_dir, "config_path": cfg_path, "config": cfg, "class": cls,
             "weights": weight_files(ae_dir, cls), "latent_channels": int(latent),
             "factor": 2 ** (len(blocks) - 1), "channels": int(channels),
-            "scale": float(scale) if scale is not None else DEFAULT_LATENT_SCALE,
+            "scale": float(scale) if scale is not None else default,
             "scale_source": f"{present[0]}/config.json scaling_factor" if scale is not None
-            else f"diffusers' default {DEFAULT_LATENT_SCALE} ({present[0]}/config.json has no "
-                 f"scaling_factor)",
+            else (f"diffusers' default {default} ({present[0]}/config.json has no "
+                  f"scaling_factor)" if cls == "AutoencoderKL" else
+                  f"1, the original LDM VQ models' ({present[0]}/config.json has no "
+                  f"scaling_factor; diffusers' default 0.18215 decodes them into noise)"),
             "shift": float(cfg.get("shift_factor") or 0.0)}
 
 
