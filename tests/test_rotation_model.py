@@ -58,6 +58,13 @@ def test_a_model_trained_with_rotations_is_found_to_copy_and_its_copies_are_flag
                   f"{flags[turned].mean():.3f} of the turned ones (pixel match alone "
                   f"{pixel[copies].mean():.3f}, {pixel[turned].mean():.3f}); of the "
                   f"{(~copies).sum()} the oracle calls new, {flags[~copies].sum()} flagged")
+            # the oracle-new samples by how close the oracle puts them to a training image:
+            # its scores of the unseen images themselves give the scale
+            unseen_scores = oracle(unseen, d["train"], unseen)["score"]
+            for q in (0.5, 0.9, 0.95):
+                low = truth["score"] <= np.quantile(unseen_scores, q)
+                print(f"samples at or below the unseen images' {q:.2f} quantile of the "
+                      f"oracle's score: {low.sum()}, flagged {flags[low].sum()}")
             assert flags[copies].mean() >= 0.9 and flags[turned].mean() >= 0.9
             assert pixel[turned].mean() < flags[turned].mean()
             if (~copies).sum() >= 20:  # a share of a handful says nothing
