@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .own_model import fit_denoiser
+
 SIZE, N_AE, N_TRAIN, N_HELDOUT = 16, 160, 6, 40
 SCALE = 0.18215  # diffusers' default, since the fixture's config has no scaling_factor
 
@@ -89,23 +91,9 @@ def train_autoencoder(ae, x, steps: int, seed: int = 0):
 
 def train_unet(net, z, steps: int, seed: int = 0):
     import torch
-    import torch.nn.functional as F
 
-    sched = scheduler()
     torch.manual_seed(seed)
-    opt = torch.optim.AdamW(net.parameters(), lr=2e-3)
-    lr = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=max(steps, 1),
-                                             pct_start=0.1)
-    for _ in range(steps):
-        zb = z[torch.randint(0, len(z), (8,))]
-        noise = torch.randn_like(zb)
-        t = torch.randint(0, 100, (len(zb),))
-        loss = F.mse_loss(net(sched.add_noise(zb, noise, t), t).sample, noise)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        lr.step()
-    return net.eval()
+    return fit_denoiser(net, z, steps, scheduler())
 
 
 def old_attention_names(path: Path) -> None:

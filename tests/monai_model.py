@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .latent_model import N_TRAIN, images
+from .own_model import fit_denoiser
 
 INFERENCE = {
     "imports": ["$import torch"],
@@ -87,24 +88,11 @@ def train_autoencoder(ae, x, steps: int, seed: int = 0):
 
 def train_unet(unet, z, steps: int, seed: int = 0):
     import torch
-    import torch.nn.functional as F
     from monai.networks.schedulers import DDPMScheduler
 
     sched = DDPMScheduler(num_train_timesteps=100, beta_start=0.0001, beta_end=0.2)
     torch.manual_seed(seed)
-    opt = torch.optim.AdamW(unet.parameters(), lr=2e-3)
-    lr = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=max(steps, 1),
-                                             pct_start=0.1)
-    for _ in range(steps):
-        zb = z[torch.randint(0, len(z), (8,))]
-        noise = torch.randn_like(zb)
-        t = torch.randint(0, 100, (len(zb),))
-        loss = F.mse_loss(unet(sched.add_noise(zb, noise, t), t), noise)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        lr.step()
-    return unet.eval()
+    return fit_denoiser(unet, z, steps, sched)
 
 
 def old_layout(state: dict) -> dict:

@@ -26,10 +26,32 @@ def write_pngs(images: np.ndarray, folder: Path, prefix: str) -> list[str]:
     return names
 
 
+def fit_denoiser(net, x, steps: int, scheduler, T: int = 100):
+    """ε-prediction training of the test fixtures' U-Nets (pixels or latents ``x``, a diffusers
+    or MONAI ``net`` and scheduler): batches of 8, AdamW with a one-cycle schedule. Seeds are
+    the caller's: the draws follow from its ``torch.manual_seed``."""
+    import torch
+    import torch.nn.functional as F
+
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3)
+    lr = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=max(steps, 1),
+                                             pct_start=0.1)
+    for _ in range(steps):
+        xb = x[torch.randint(0, len(x), (8,))]
+        noise = torch.randn_like(xb)
+        t = torch.randint(0, T, (len(xb),))
+        out = net(scheduler.add_noise(xb, noise, t), t)
+        loss = F.mse_loss(getattr(out, "sample", out), noise)  # diffusers wraps, MONAI not
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        lr.step()
+    return net.eval()
+
+
 def make_own_model(root: Path, data_root: Path, steps: int = 1000, seed: int = 0) -> dict:
     """Folders ``train/``, ``heldout/`` and ``model/`` under ``root``; returns their paths."""
     import torch
-    import torch.nn.functional as F
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
     from diffmem.data.images import read_images
@@ -51,17 +73,7 @@ def make_own_model(root: Path, data_root: Path, steps: int = 1000, seed: int = 0
     # T = 100 with beta up to 0.2: the chain reaches noise (signal 0.005 at its last step; the
     # default beta_end 0.02 keeps 0.60 of the image there, and diffmem refuses it)
     scheduler = DDPMScheduler(num_train_timesteps=100, beta_end=0.2)
-    opt = torch.optim.AdamW(unet.parameters(), lr=2e-3)
-    lr = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.1)
-    for _ in range(steps):
-        xb = x[torch.randint(0, len(x), (8,))]
-        noise = torch.randn_like(xb)
-        t = torch.randint(0, 100, (len(xb),))
-        loss = F.mse_loss(unet(scheduler.add_noise(xb, noise, t), t).sample, noise)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        lr.step()
+    fit_denoiser(unet, x, steps, scheduler)
     DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(root / "model")
     return {"folder": str(root / "model"), "train": str(root / "train"),
             "heldout": str(root / "heldout")}

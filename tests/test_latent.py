@@ -64,10 +64,10 @@ def test_a_latent_folder_is_read_with_its_quirks(tiny_ldm):
                                state[q])
 
 
-def test_the_model_info_sizes_the_images_by_the_decoder(tiny_ldm, tmp_path, data_root):
+def _config_with(folder: Path, tmp_path: Path, data_root: Path, **entry) -> dict:
+    """The test config with one ``models`` entry ``l``: ``folder`` and the fixture's images
+    (written as .npz under ``tmp_path``), plus ``entry``."""
     import yaml
-
-    from diffmem.stages.config import model_info
 
     from .latent_model import images
 
@@ -75,9 +75,15 @@ def test_the_model_info_sizes_the_images_by_the_decoder(tiny_ldm, tmp_path, data
     for key in ("train", "heldout"):
         np.savez(tmp_path / f"{key}.npz", images=imgs[key])
     cfg = yaml.safe_load(TEST_CONFIG.read_text())
-    cfg["models"] = {"l": {"folder": str(tiny_ldm), "train": str(tmp_path / "train.npz"),
-                           "heldout": str(tmp_path / "heldout.npz")}}
-    info = model_info(cfg, "l")
+    cfg["models"] = {"l": {"folder": str(folder), "train": str(tmp_path / "train.npz"),
+                           "heldout": str(tmp_path / "heldout.npz"), **entry}}
+    return cfg
+
+
+def test_the_model_info_sizes_the_images_by_the_decoder(tiny_ldm, tmp_path, data_root):
+    from diffmem.stages.config import model_info
+
+    info = model_info(_config_with(tiny_ldm, tmp_path, data_root), "l")
     assert (info["size"], info["channels"], info["latent"]) == (16, 1, True)
 
 
@@ -444,18 +450,9 @@ def test_the_latent_memorizer_is_audited_end_to_end(finished):
 
 
 def test_monai_keys_on_a_diffusers_folder_are_refused(tiny_ldm, tmp_path, data_root):
-    import yaml
-
     from diffmem.stages.config import model_info
 
-    from .latent_model import images
-
-    imgs = images(data_root)
-    for key in ("train", "heldout"):
-        np.savez(tmp_path / f"{key}.npz", images=imgs[key])
-    cfg = yaml.safe_load(TEST_CONFIG.read_text())
-    cfg["models"] = {"l": {"folder": str(tiny_ldm), "train": str(tmp_path / "train.npz"),
-                           "heldout": str(tmp_path / "heldout.npz"), "scale_factor": 0.2}}
+    cfg = _config_with(tiny_ldm, tmp_path, data_root, scale_factor=0.2)
     with pytest.raises(ConfigError, match="models.l.scale_factor: set for a diffusers folder"):
         model_info(cfg, "l")
 

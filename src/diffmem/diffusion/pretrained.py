@@ -384,6 +384,22 @@ def _convert(cls: str) -> str:
     return CONVERT.replace("UNet2DModel", cls)
 
 
+def check_blocks(cfg: dict, path: Path, default: list[int]) -> list[int]:
+    """A diffusers config's ``block_out_channels`` (``default``, diffusers' own, when absent),
+    checked against its down/up block lists and its ``norm_num_groups``."""
+    blocks = cfg.get("block_out_channels", default)
+    for key in ("down_block_types", "up_block_types"):
+        if key in cfg and len(cfg[key]) != len(blocks):
+            raise ModelFolderError(f"{path}: {key} has {len(cfg[key])} blocks for "
+                                   f"{len(blocks)} block_out_channels; expected as many")
+    groups = cfg.get("norm_num_groups", 32)
+    odd = [c for c in blocks if c % groups]
+    if odd:
+        raise ModelFolderError(f"{path}: norm_num_groups {groups} does not divide "
+                               f"block_out_channels {odd}")
+    return blocks
+
+
 def check_unet_config(unet: dict, path: Path) -> None:
     """The U-Net config against :data:`UNET_SCHEMA` and what diffusers needs of it together."""
     if unet.get("_class_name") != "UNet2DModel":
@@ -391,16 +407,7 @@ def check_unet_config(unet: dict, path: Path) -> None:
                                f"unconditional 2D UNet2DModel is supported (conditional and 3D "
                                f"U-Nets are not, yet)")
     check_schema(unet, UNET_SCHEMA, path)
-    blocks = unet.get("block_out_channels", [224, 448, 672, 896])
-    for key in ("down_block_types", "up_block_types"):
-        if key in unet and len(unet[key]) != len(blocks):
-            raise ModelFolderError(f"{path}: {key} has {len(unet[key])} blocks for "
-                                   f"{len(blocks)} block_out_channels; expected as many")
-    groups = unet.get("norm_num_groups", 32)
-    odd = [c for c in blocks if c % groups]
-    if odd:
-        raise ModelFolderError(f"{path}: norm_num_groups {groups} does not divide "
-                               f"block_out_channels {odd}")
+    blocks = check_blocks(unet, path, [224, 448, 672, 896])
     size = unet.get("sample_size")
     sizes = size if isinstance(size, list) else [size] if size else []
     if len(set(sizes)) > 1:  # diffusers builds it; the audit's images and sampler are square
@@ -493,16 +500,7 @@ def inspect_autoencoder(folder: Path, index: Path) -> dict:
         raise ModelFolderError(f"{cfg_path} describes a {cls}; expected "
                                f"{AUTOENCODERS[present[0]]} in {present[0]}/")
     check_schema(cfg, AE_SCHEMA, cfg_path)
-    blocks = cfg.get("block_out_channels", [64])
-    for key in ("down_block_types", "up_block_types"):
-        if key in cfg and len(cfg[key]) != len(blocks):
-            raise ModelFolderError(f"{cfg_path}: {key} has {len(cfg[key])} blocks for "
-                                   f"{len(blocks)} block_out_channels; expected as many")
-    groups = cfg.get("norm_num_groups", 32)
-    odd = [c for c in blocks if c % groups]
-    if odd:
-        raise ModelFolderError(f"{cfg_path}: norm_num_groups {groups} does not divide "
-                               f"block_out_channels {odd}")
+    blocks = check_blocks(cfg, cfg_path, [64])
     channels = cfg.get("in_channels", 3)
     if channels not in (1, 3) or cfg.get("out_channels", 3) != channels:
         raise ModelFolderError(f"{cfg_path}: an autoencoder of {channels} input and "

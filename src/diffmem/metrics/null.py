@@ -57,10 +57,15 @@ def null_pool(*, heldout: np.ndarray, heldout_groups: np.ndarray, unused: np.nda
 
 
 def run_null_pool(*, train_indices: np.ndarray, heldout: np.ndarray, unused: dict,
-                  duplicates: dict | None, cfg: dict, eye_twin=None) -> tuple[dict, np.ndarray]:
+                  duplicates: dict | None, cfg: dict, eye_twin=None,
+                  eye_heldout: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
     """The null of one run from its files: (pool, the run's training groups). Without a
     near-duplicate file every image is its own group (then twins are not excluded).
-    ``eye_twin`` (images → bool): the copy eye's twins of a training image, left out too."""
+    ``eye_twin`` (images → bool): the copy eye's twins of a training image, left out too;
+    ``eye_heldout``: the images it judges in the held-out images' place, row for row (a
+    decoded null's raw sources: each reconstruction keeps its source's verdict)."""
+    if eye_heldout is not None and len(eye_heldout) != len(heldout):
+        raise ValueError(f"{len(eye_heldout)} images to judge for {len(heldout)} held-out ones")
     n_h, n_u = len(heldout), len(unused["images"])
     h_twin = u_twin = None
     if duplicates is None:
@@ -79,7 +84,8 @@ def run_null_pool(*, train_indices: np.ndarray, heldout: np.ndarray, unused: dic
             twin[pairs[used[pairs[:, 0]], 1]] = True
             twin[pairs[used[pairs[:, 1]], 0]] = True
             h_twin, u_twin = twin[n_split:], twin[np.asarray(unused["indices"], dtype=np.int64)]
-    eyes = {} if eye_twin is None else {"heldout_eye_twin": eye_twin(heldout),
+    judged = heldout if eye_heldout is None else eye_heldout
+    eyes = {} if eye_twin is None else {"heldout_eye_twin": eye_twin(judged),
                                         "unused_eye_twin": eye_twin(unused["images"])}
     pool = null_pool(heldout=heldout, heldout_groups=h_groups, unused=unused["images"],
                      unused_groups=u_groups, train_groups=train_groups,

@@ -113,18 +113,10 @@ def with_null(tr: dict, heldout: np.ndarray, unused_npz: str, duplicates_npz: st
     """(held-out images, pool, training groups) of :func:`load_with_null`."""
     twins = eye.twins_of(tr["images"], Matching.from_config(
         cfg.get("matching"), tr["images"].shape[1])) if eye else None
-    if twins is not None and twin_heldout is not None:
-        if len(twin_heldout) != len(heldout):
-            raise ValueError(f"{len(twin_heldout)} raw images for {len(heldout)} decoded ones")
-        decided, raw_twins = twins, twins(twin_heldout)
-
-        def twins(images):  # the raw images decide for their reconstructions
-            return raw_twins if images is heldout else decided(images)
-
     pool, groups = run_null_pool(
         train_indices=tr["indices"], heldout=heldout, unused=load_npz(unused_npz),
         duplicates=load_npz(duplicates_npz) if duplicates_npz else None, cfg=cfg,
-        eye_twin=twins)
+        eye_twin=twins, eye_heldout=twin_heldout)
     return heldout, pool, groups
 
 
