@@ -173,3 +173,30 @@ def test_the_matching_section(default):
     bad(copy.deepcopy(default), "config error at matching.shift: value 9 is invalid")
     default["matching"] = {"shift": 0, "mirror": False}
     check_config(default, SCHEMA)
+
+
+def test_entries_share_a_copy_embedding_only_when_it_would_be_the_same_one():
+    """The copy embedding's key: the same training and held-out images read the same way under
+    the same mirror share one; other held-out images (the near-duplicate groups are made over
+    both), no held-out images, a model trained with random flips (its pixel match mirrors) or
+    other training images each get their own."""
+    from diffmem.stages.config import copy_key
+
+    def key(entry=None, matching=None, kind="generated", **digests):
+        config = {kind: {"e": {"resize": True, **(entry or {})}}}
+        if matching is not None:
+            config["matching"] = matching
+        info = {"images_digest": {"train": "t", "heldout": "h"} | digests, "size": 28,
+                "channels": 1}
+        info["images_digest"] = {k: v for k, v in info["images_digest"].items() if v}
+        return copy_key(config, kind, "e", info)
+
+    base = key()
+    assert key() == base and key(entry={"images": "elsewhere"}) == base
+    assert len({base, key(heldout="other"), key(heldout=None), key(train="other"),
+                key(entry={"resize": False})}) == 5
+    # the mirror: on by default; off when matching says so, unless a model flips in training
+    assert key(matching={"mirror": False}) != base
+    assert key(kind="models", matching={"mirror": False}) != \
+        key(kind="models", matching={"mirror": False}, entry={"random_flip": True})
+    assert key(kind="models", entry={"random_flip": True}) == key(kind="models")

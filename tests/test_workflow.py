@@ -288,16 +288,20 @@ def own_pixel_only(verdict) -> str:
     return row["pixel_only_answer"].item()
 
 
-def test_entries_that_share_training_images_share_one_copy_embedding(finished):
-    """One copy embedding per distinct training images: the MedMNIST run's, the pixel model's,
-    the latent model's and one for the two generated sets that share their training images;
-    each trained on those images alone (its JSON says how many and their digest)."""
+def test_each_set_of_training_images_and_groups_has_its_own_copy_embedding(finished):
+    """One copy embedding per distinct training images and near-duplicate groups: the MedMNIST
+    run's, the pixel model's, the latent model's, and one for each generated set, since the
+    two share their training images but not their held-out images (which the groups are made
+    over; entries that share both share one, tests/test_config.py); each trained on those
+    images alone (its JSON says how many and their digest)."""
     keys = sorted(p.name for p in (finished / "results/copies").iterdir())
-    assert len(keys) == 4 and "breastmnist-n64-seed0" in keys
+    assert len(keys) == 5 and "breastmnist-n64-seed0" in keys
     metas = {k: json.loads((finished / f"results/copies/{k}/embedding.json").read_text())
              for k in keys}
     assert metas["breastmnist-n64-seed0"]["train_images"] == 64
-    assert sorted(m["train_images"] for m in metas.values()) == [4, 6, 24, 64]
+    assert sorted(m["train_images"] for m in metas.values()) == [4, 6, 24, 24, 64]
+    generated = [m for m in metas.values() if m["train_images"] == 24]
+    assert generated[0]["train_digest"] == generated[1]["train_digest"]
     assert all(0 < m["twin_threshold"] < 1 and "training images only" in m["trained_on"]
                for m in metas.values())
 
@@ -700,11 +704,11 @@ def test_a_scoring_setting_reruns_the_scores_not_the_models(finished):
 
 
 def test_a_copy_embedding_setting_reruns_the_embedding_and_the_scores_not_the_models(finished):
-    """An edited copy-eye setting trains the four embeddings again (the MedMNIST run's, the
-    pixel model's, the latent model's, the generated sets' shared one) and re-scores what reads
-    them; no model is trained, imported or sampled again."""
+    """An edited copy-eye setting trains the five embeddings again (the MedMNIST run's, the
+    pixel model's, the latent model's, each generated set's) and re-scores what reads them; no
+    model is trained, imported or sampled again."""
     jobs = dry_run_with(finished, "c.yaml", lambda c: c["copies"].update(steps=100))
-    assert jobs.pop("train_copy_embedding") == 4
+    assert jobs.pop("train_copy_embedding") == 5
     assert set(jobs) == {"extraction_metrics", "exposure", "generated_scores",
                          "known_truth_study", "verdict", "report", "all"}, jobs
 

@@ -301,15 +301,22 @@ def copies_settings(config: dict) -> dict:
 
 
 def copy_key(config: dict, kind: str, name: str, info: dict) -> str:
-    """The key of a ``models``/``generated`` entry's copy embedding: a digest of its training
-    images (every file's path, size and modification time) and of how they are read, so
-    entries that share their training images share one embedding."""
+    """The key of a ``models``/``generated`` entry's copy embedding: a digest of everything its
+    training is made of, so entries share one embedding only when it would be the same one.
+    That is the training images (every file's path, size and modification time, and how they
+    are read) and their near-duplicate groups (twins are not each other's negatives), which
+    are made over the training and held-out images together (a held-out image can join two
+    training images into one group) under the pixel match's mirror (on for a model trained
+    with ``random_flip``): so the held-out images' digest and the mirror are in it too."""
     import hashlib
     import json
 
     entry = config[kind][name]
-    blob = json.dumps([info["images_digest"]["train"], info["size"], info["channels"],
-                       bool(entry.get("resize", True))], sort_keys=True)
+    mirror = bool((config.get("matching") or {}).get("mirror", True)
+                  or (kind == "models" and entry.get("random_flip", False)))
+    digests = info["images_digest"]
+    blob = json.dumps([digests["train"], digests.get("heldout"), info["size"], info["channels"],
+                       bool(entry.get("resize", True)), mirror], sort_keys=True)
     return "images-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
