@@ -447,6 +447,9 @@ def test_the_latent_memorizer_is_audited_end_to_end(finished):
     report = (finished / "results/report.md").read_text()
     assert "latent: autoencoder AutoencoderKL (`vae/`)" in report
     assert "does the autoencoder reconstruct its training images better" in report
+    # its similarity figure's caption names the null it is drawn beside
+    assert "beside unseen images through the autoencoder, D(E(x)) (the null)" in report
+    assert report.count("generated images beside unseen real images (the null)") >= 1
 
 
 def test_monai_keys_on_a_diffusers_folder_are_refused(tiny_ldm, tmp_path, data_root):

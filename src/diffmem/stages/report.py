@@ -375,6 +375,9 @@ def side_section(side: Path, base: Path) -> list[str]:
     m = load_json(side / "metrics.json")
     clf = load_json(side / "classifier.json")
     lines = scores_lines(m)
+    # a latent model's null is decoder-aware (its unseen images through the autoencoder)
+    null_words = (m["null_kind"].split(": ", 1)[1] if "null_kind" in m
+                  else "unseen real images")
     acc = ", ".join(f"t∈[{a['t_from']},{a['t_to']}): {a['accuracy']:.2f}"
                     for a in clf["accuracy_by_t"])
     lines += ["", f"Every guidance scale is in the table; the best scale ({m['best_scale']:g}) "
@@ -385,7 +388,7 @@ def side_section(side: Path, base: Path) -> list[str]:
               f"![pairs]({_rel(side / 'pairs.png', base)})", "",
               "*Top SIDE pairs: generated image (top) and its nearest training image.*", "",
               f"![hist]({_rel(side / 'nn_similarity.png', base)})", "",
-              "*Nearest-training similarity of generated images beside unseen real images (the "
+              f"*Nearest-training similarity of generated images beside {null_words} (the "
               "null), with the band edges.*", "",
               f"![scales]({_rel(side / 'ams_ums_vs_scale.png', base)})", "",
               "*AMS/UMS in the high band against guidance scale; dotted: plain sampling, dashed: "

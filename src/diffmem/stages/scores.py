@@ -14,6 +14,9 @@ from ..metrics.scores import COMBINED, NULL, PLAIN, SIDE, per_image, score_run
 from ..metrics.similarity import Matching
 from ..plotting import plt
 
+# a latent model's null: what its decoder makes of unseen images (the histogram's label)
+DECODED_NULL = "unseen images through the autoencoder, D(E(x))"
+
 
 def extraction_metrics_stage(*, train_npz: str, plain_npz: str, side_npzs: list[str],
                              scales: list[float], heldout_npz: str, unused_npz: str,
@@ -43,12 +46,13 @@ def extraction_metrics_stage(*, train_npz: str, plain_npz: str, side_npzs: list[
                     side_sets=side_sets, pool=pool, heldout=heldout, cfg=cfg, device=dev,
                     embed=eye.embed if eye else None)
     summary = write_scores(res, tr, pool, out_csv=out_csv, out_nearest_csv=out_nearest_csv,
-                           out_hist_png=out_hist_png, eye=eye, cfg=cfg)
+                           out_hist_png=out_hist_png, eye=eye, cfg=cfg,
+                           null_label=DECODED_NULL if raw is not None else None)
     if raw is not None:
         summary["raw_null"] = raw_null_test(tr, raw, plain, unused_npz, duplicates_npz, cfg,
                                             eye, dev)
         summary["tests"]["plain_copies_raw_null"] = summary["raw_null"]
-        summary["null_kind"] = "decoder-aware: unseen images through the autoencoder, D(E(x))"
+        summary["null_kind"] = f"decoder-aware: {DECODED_NULL}"
     if autoencoder_json:
         summary["tests"]["autoencoder"] = load_json(autoencoder_json)["test"]
     summary |= {"best_scale": res["best_scale"],
@@ -135,7 +139,8 @@ def raw_null_test(tr: dict, raw: np.ndarray, plain: np.ndarray, unused_npz: str,
 
 
 def write_scores(res: dict, tr: dict, pool: dict, *, out_csv: str, out_nearest_csv: str,
-                 out_hist_png: str, eye: CopyEye | None = None, cfg: dict | None = None) -> dict:
+                 out_hist_png: str, eye: CopyEye | None = None, cfg: dict | None = None,
+                 null_label: str | None = None) -> dict:
     """The files every scored run writes (the table, the per-image CSV, the similarity
     histogram beside the null) and its summary (the bands, the null's composition, the tests,
     the copy eye and its retrieval check), which the caller completes and saves."""
@@ -155,7 +160,7 @@ def write_scores(res: dict, tr: dict, pool: dict, *, out_csv: str, out_nearest_c
         summary["copy_eye"] = copy_eye_summary(res, eye, tr["images"], cfg or {})
     primary = res["primary_similarity"]
     _hist_figure(res["nns"], res["bands"][primary]["edges"], primary, out_hist_png,
-                 res["label"])
+                 res["label"], null_label)
     return summary
 
 
@@ -200,13 +205,14 @@ def pairs_figure(images, train, nn_, path, title, top: int = 12):
     save_figure(fig, path)
 
 
-def _hist_figure(nns, edges, kind, path, label=PLAIN):
+def _hist_figure(nns, edges, kind, path, label=PLAIN, null_label=None):
     fig, ax = plt.subplots(figsize=(6, 3.4))
     sims = {k: v[kind]["sim"][:, 0] for k, v in nns.items()}
     lo = min(float(s.min()) for s in sims.values() if len(s))
     bins = np.linspace(lo, 1, 40)
     if NULL in sims:
-        ax.hist(sims[NULL], bins=bins, density=True, color="0.6", alpha=0.6, label=NULL)
+        ax.hist(sims[NULL], bins=bins, density=True, color="0.6", alpha=0.6,
+                label=f"{null_label} (null)" if null_label else NULL)
     else:
         ax.text(0.02, 0.95, "no unseen images: no null", transform=ax.transAxes, fontsize=8,
                 va="top")
@@ -220,8 +226,8 @@ def _hist_figure(nns, edges, kind, path, label=PLAIN):
         ax.text(e, ax.get_ylim()[1] * 0.95, f" {name}", fontsize=6, color="crimson")
     ax.set_xlabel(f"{kind} similarity to the nearest training image")
     ax.set_ylabel("density")
-    ax.set_title("nearest-training similarity: generated vs unseen real images "
-                 "(band edges dotted)", fontsize=8)
+    ax.set_title(f"nearest-training similarity: generated vs "
+                 f"{null_label or 'unseen real images'} (band edges dotted)", fontsize=8)
     ax.legend(fontsize=6)
     ax.grid(alpha=0.3)
     save_figure(fig, path)
