@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from diffmem.metrics.similarity import Matching
+
 N_TRAIN, SIZE, MAX_ANGLE = 8, 16, 15.0
+MATCHING = Matching(shift=2, mirror=True)  # the workflow's default pixel match
 
 
 def _small(images: np.ndarray) -> np.ndarray:
@@ -22,12 +25,48 @@ def _small(images: np.ndarray) -> np.ndarray:
 
 
 def images(data_root) -> dict:
-    """Training images (the last of the train split, which no other test trains on), unseen
-    images for the null, and training images of another draw (the negative control's)."""
+    """Training images (the last of the train split, which no other test trains on), training
+    images of another draw (the negative control's), and the whole split at the model's size
+    for the nulls: ``split`` (the train split), ``heldout`` (val + test), and the indices of
+    the two training sets in ``split``."""
+    from diffmem.data.duplicates import near_duplicate_groups
+
     with np.load(data_root / "breastmnist.npz") as f:
-        tr, te = f["train_images"], f["test_images"]
-    return {"train": _small(tr[-N_TRAIN:]), "unseen": _small(te[:150]),
-            "other_train": _small(tr[-2 * N_TRAIN:-N_TRAIN])}
+        tr = f["train_images"]
+        heldout = np.concatenate([f["val_images"], f["test_images"]])
+    split, heldout = _small(tr), _small(heldout)
+    n = len(split)
+    train_idx, other_idx = np.arange(n - N_TRAIN, n), np.arange(n - 2 * N_TRAIN, n - N_TRAIN)
+    # near-duplicate groups at the model's size, by the workflow's default rule
+    g = near_duplicate_groups(split, heldout, metric="rms", threshold=5.0, max_diameter=None,
+                              matching=MATCHING)
+    return {"train": split[train_idx], "other_train": split[other_idx], "split": split,
+            "heldout": heldout, "train_idx": train_idx, "other_idx": other_idx,
+            "duplicates": {k: g[k] for k in ("train_group", "heldout_group", "pairs")}}
+
+
+def null_of(d: dict, train_idx: np.ndarray, net, seed: int = 1) -> tuple[dict, np.ndarray]:
+    """The null a run of the workflow would build for these training images
+    (:func:`diffmem.metrics.null.run_null_pool`): every held-out and unused train-split image
+    that is neither in a training image's near-duplicate group (the default rule: rms ≤ 5 at
+    the best shift ≤ 2 px and mirror) nor a twin of one by both eyes, in two seeded halves; and
+    the training images' groups."""
+    from diffmem.attacks.copies import embed, eye_twins, twin_threshold
+    from diffmem.metrics.null import run_null_pool
+    from diffmem.stages.config import COPIES_DEFAULTS
+
+    train = d["split"][train_idx]
+    cfg = dict(COPIES_DEFAULTS)
+    threshold = twin_threshold(net, train, cfg, seed=seed)["twin_threshold"]
+    train_emb = embed(net, train, "cpu")
+    unused = np.setdiff1d(np.arange(len(d["split"])), train_idx)
+    return run_null_pool(
+        train_indices=train_idx, heldout=d["heldout"],
+        unused={"images": d["split"][unused], "indices": unused}, duplicates=d["duplicates"],
+        cfg={"null_max_images": 10000, "seed": seed},
+        eye_twin=lambda x: eye_twins(train, train_emb, x, embed(net, x, "cpu"),
+                                     threshold=threshold, matching=MATCHING,
+                                     pixel_cosine=float(cfg["twin_pixel_cosine"])))
 
 
 def _affine(x, angle_deg, zoom):
@@ -80,7 +119,7 @@ def train_model(train: np.ndarray, steps: int = 2500, seed: int = 0):
 def oracle(samples: np.ndarray, train: np.ndarray, unseen: np.ndarray) -> dict:
     """Each sample's best cosine (mean-centred pixels) with any training image over a grid of
     rotations (±20° in steps of 2.5°) and zooms (0.85–1.15), the angle that gave it, and whether
-    it is a copy: above the 99th percentile of unseen images' same score."""
+    it is a copy: above the 99th percentile of unseen images' same score (``unseen_score``)."""
     import torch
 
     angles = np.arange(-20, 20.01, 2.5)
@@ -107,5 +146,6 @@ def oracle(samples: np.ndarray, train: np.ndarray, unseen: np.ndarray) -> dict:
     s_unseen, _, _ = best(unseen)
     s, angle, source = best(samples)
     cut = float(np.quantile(s_unseen, 0.99))
-    return {"score": s, "angle": angle, "source": source, "copy": s > cut, "cut": cut}
+    return {"score": s, "angle": angle, "source": source, "copy": s > cut, "cut": cut,
+            "unseen_score": s_unseen}
 
