@@ -72,25 +72,28 @@ def test_a_model_trained_with_rotations_is_found_to_copy_and_its_copies_are_flag
     print(f"model: {turned.sum()} copies turned by ≥ 10°; flagged {flags[copies].mean():.3f} of "
           f"the copies, {flags[turned].mean():.3f} of the turned ones (pixel match alone "
           f"{pixel[copies].mean():.3f}, {pixel[turned].mean():.3f})")
+    print("model: the eye's own check (recall of changed training images):",
+          ", ".join(f"{k} {v:.2f}" for k, v in m["check"].items()))
     # the oracle-new samples by how close the oracle puts them to a training image: its
     # scores of the unseen images themselves give the scale
     unseen_scores = m["truth"]["unseen_score"]
-    print("model: the eye's own check (recall of changed training images):",
-          ", ".join(f"{k} {v:.2f}" for k, v in m["check"].items()))
     for q in (0.5, 0.9, 0.95):
         low = m["truth"]["score"] <= np.quantile(unseen_scores, q)
         print(f"model: samples at or below the unseen images' {q:.2f} quantile of the oracle's "
               f"score: {low.sum()}, flagged {flags[low].sum()}")
     assert copies.mean() > 0.5 and turned.sum() >= 10
     assert m["answer"] == "yes"
+    assert pixel[turned].mean() < flags[turned].mean()
     # a weak eye shows as weak in its own check: where the flags miss turned copies, so does
     # the check's recall of turned training images (the check a "no" cites)
     assert min(m["check"]["rotated 10°"], m["check"]["rotated 15°"]) < 0.9 or \
         flags[turned].mean() >= 0.8
-    assert flags[copies].mean() >= 0.9 and flags[turned].mean() >= 0.9
-    assert pixel[turned].mean() < flags[turned].mean()
     c = out["negative control"]
     assert c["answer"] != "yes"
     assert c["new"].sum() >= 20 and c["flags"][c["new"]].mean() <= 0.1
+    # issue 28's criteria for the per-image flags, last: on 2026-12-08 the turned copies' one
+    # does not hold (63.8 % at the run's own cut; README, "A real model, trained with
+    # rotations")
+    assert flags[copies].mean() >= 0.9 and flags[turned].mean() >= 0.9
     if m["new"].sum() >= 20:  # a share of a handful says nothing
         assert flags[m["new"]].mean() <= 0.1
