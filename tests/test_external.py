@@ -105,9 +105,9 @@ def test_trained_betas_map_onto_the_process():
 
 
 # ----------------------------------------------------------------------------- read strictly
-def refused(fn, *args, match: str):
-    """fn(*args) raises one line containing ``match``."""
-    with pytest.raises(ModelFolderError) as err:
+def refused(fn, *args, match: str, errors=ModelFolderError):
+    """fn(*args) raises one line containing ``match``, of ``errors``."""
+    with pytest.raises(errors) as err:
         fn(*args)
     msg = str(err.value)
     assert "\n" not in msg and match in msg, msg

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +18,21 @@ from safetensors.torch import load_file, save_file
 from diffmem.errors import ConfigError, ModelFolderError
 
 from .conftest import TEST_CONFIG
+from .test_external import refused as _refused
+
+# a latent folder is refused reading its files or checking its entry
+refused = partial(_refused, errors=(ModelFolderError, ConfigError))
 
 
-def refused(fn, *args, match: str):
-    with pytest.raises((ModelFolderError, ConfigError)) as err:
-        fn(*args)
-    msg = str(err.value)
-    assert match in msg and "\n" not in msg, msg
-    return msg
+def spoil_tensor(path: Path, key: str, how: str) -> None:
+    """A safetensors file with tensor ``key`` deleted (``missing``) or given the wrong shape
+    (``shaped``, three zeros), as an edited or truncated weights file would have it."""
+    state = load_file(str(path))
+    if how == "missing":
+        del state[key]
+    else:
+        state[key] = torch.zeros(3)
+    save_file(state, str(path))
 
 
 @pytest.fixture
@@ -155,13 +163,8 @@ def test_latent_folders_are_refused_before_any_job(tiny_ldm, case, match):
 def test_a_missing_or_mis_shaped_autoencoder_tensor_fails_the_job(tiny_ldm, case, match):
     from diffmem.diffusion.pretrained import inspect_model_folder, load_pretrained
 
-    path = tiny_ldm / "vae/diffusion_pytorch_model.safetensors"
-    state = load_file(str(path))
-    if case == "missing":
-        del state["decoder.conv_out.bias"]
-    else:
-        state["decoder.conv_out.bias"] = torch.zeros(3)
-    save_file(state, str(path))
+    spoil_tensor(tiny_ldm / "vae/diffusion_pytorch_model.safetensors", "decoder.conv_out.bias",
+                 case)
     inspect_model_folder(tiny_ldm)  # a valid file: the autoencoder built in the job decides
     refused(load_pretrained, tiny_ldm, match=match)
 

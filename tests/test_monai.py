@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from .test_latent import _audit_in_process, refused
+from .test_latent import _audit_in_process, refused, spoil_tensor
 
 
 def test_monai_imports_under_the_pinned_torch():
@@ -114,13 +114,7 @@ def test_what_the_audit_does_not_read_is_not_evaluated(converted):
 def test_a_missing_or_mis_shaped_tensor_fails_the_job(converted, case, match):
     from diffmem.diffusion.monai_bundle import inspect_bundle, load_bundle
 
-    path = converted / "models/model.safetensors"
-    state = load_file(str(path))
-    if case == "missing":
-        del state["out.2.conv.bias"]
-    else:
-        state["out.2.conv.bias"] = torch.zeros(3)
-    save_file(state, str(path))
+    spoil_tensor(converted / "models/model.safetensors", "out.2.conv.bias", case)
     inspect_bundle(converted, {"scale_factor": 0.3})
     refused(load_bundle, converted, {"scale_factor": 0.3}, match=match)
 
